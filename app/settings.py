@@ -1,0 +1,107 @@
+"""One typed settings object, read once from the environment.
+
+Names and defaults follow the reference server where it has them (``HOST``, ``PORT``,
+``MODEL_ID``, ``CACHE_DIR``, ``FLASH_ATTENTION_2``, ``BATCH_SIZE``, ``MAX_NEW_TOKENS``,
+``CHUNK_LENGTH_S``, ``STRIDE_LENGTH_S``). Tests build ``Settings(...)`` directly;
+nothing else in the code base reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EMBEDDED_TINY_EN = "embedded/whisper-tiny.en"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", frozen=True)
+
+    # --- server -------------------------------------------------------------------
+    host: str = Field("*", description="Interface to listen on; `*` means all interfaces.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port to listen on.")
+    gevent_connections: int = Field(
+        1000, ge=1, description="Concurrent connections one gevent worker accepts (gunicorn worker_connections)."
+    )
+    api_key: str | None = Field(None, description="Reserved for bearer-token auth (not enforced yet).")
+
+    # --- model --------------------------------------------------------------------
+    model_id: str = Field(
+        EMBEDDED_TINY_EN,
+        description=(
+            "Whisper checkpoint: `embedded/whisper-tiny.en` (ships with the install, works offline), "
+            "a hub id such as `openai/whisper-large-v3`, a transformers checkpoint directory, "
+            "or a CTranslate2 Whisper directory."
+        ),
+    )
+    cache_dir: Path = Field(Path("/data"), description="Where hub downloads and converted checkpoints are cached.")
+    flash_attention_2: bool = Field(False, description="Use FlashAttention-2 on CUDA when installed (Dockerfile.fa2).")
+    device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="`auto`: float16 on CUDA, float32 on CPU."
+    )
+    cpu_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default (all cores).")
+
+    # --- chunked pipeline ---------------------------------------------------------
+    batch_size: int = Field(16, ge=1, le=256, description="Chunks per model batch.")
+    max_new_tokens: int = Field(128, ge=1, le=440, description="Most tokens decoded per 30 s chunk.")
+    chunk_length_s: float = Field(30.0, gt=0, le=30, description="Window length in seconds (Whisper sees 30 s).")
+    stride_length_s: float | None = Field(
+        None, ge=0, description="Overlap on each side of a window; default CHUNK_LENGTH_S / 6."
+    )
+    batch_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long the batcher waits for more chunks before running a partial batch."
+    )
+
+    # --- audio intake -------------------------------------------------------------
+    max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest request body or download, bytes.")
+    max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted, seconds.")
+    local_audio_dir: Path | None = Field(
+        None, description="Directory that `{\"url\": \"/path\"}` may read from; unset = local paths refused."
+    )
+    url_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for audio URLs.")
+    url_read_timeout_s: float = Field(30.0, gt=0, description="Read timeout (between bytes) for audio URLs.")
+    url_max_redirects: int = Field(5, ge=0, le=20, description="Most redirects followed for an audio URL.")
+    url_allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "CIDRs that audio URLs may reach although private/loopback (comma-separated in the env), "
+            "e.g. `10.0.0.0/8`. Empty: only public addresses."
+        ),
+    )
+    decode_timeout_s: float = Field(300.0, gt=0, description="Longest time ffmpeg may take to decode one input.")
+
+    @field_validator("url_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("url_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _check_stride(self) -> Settings:
+        if 2 * self.effective_stride_s >= self.chunk_length_s:
+            raise ValueError("STRIDE_LENGTH_S must be less than half of CHUNK_LENGTH_S")
+        return self
+
+    @property
+    def effective_stride_s(self) -> float:
+        return self.chunk_length_s / 6 if self.stride_length_s is None else self.stride_length_s
+
+    @property
+    def bind(self) -> str:
+        host = "0.0.0.0" if self.host in ("*", "") else self.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
