@@ -286,8 +286,6 @@ def convert_ct2_whisper(src: Path, dst: Path) -> None:
         bos_token_id=specials.eot,
         eos_token_id=specials.eot,
         decoder_start_token_id=specials.sot,
-        begin_suppress_tokens=ct2_config.get("suppress_ids_begin", [220, specials.eot]),
-        suppress_tokens=ct2_config.get("suppress_ids", []),
         tie_word_embeddings=True,
         architectures=["WhisperForConditionalGeneration"],
     )
@@ -336,6 +334,12 @@ def convert_ct2_whisper(src: Path, dst: Path) -> None:
                     "pad_token": "<|endoftext|>",
                     "add_prefix_space": False,
                     "errors": "replace",
+                    # Order matters: transformers takes the last special id + 1 as <|0.00|>.
+                    "extra_special_tokens": [
+                        t["content"]
+                        for t in sorted(tokenizer_json["added_tokens"], key=lambda t: t["id"])
+                        if t.get("special")
+                    ],
                 }
             )
         )

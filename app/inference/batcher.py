@@ -1,0 +1,170 @@
+"""Cross-request batching: chunks of every in-flight request share model batches.
+
+Requests put their windows into a :class:`FairQueue` (one FIFO per request, served
+round-robin, so a short request is not stuck behind every window of a long file).
+One batcher greenlet takes up to ``max_batch_size`` windows, waiting at most
+``max_wait_s`` for stragglers, and hands the batch to a dedicated native thread that
+runs the model; the gevent hub stays free throughout. Each window's result is
+delivered through a :class:`gevent.event.AsyncResult` to the request that owns it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.event
+from gevent.threadpool import ThreadPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """One window of one request waiting for the model."""
+
+    owner: Any  # the Ticket it belongs to
+    payload: Any
+    result: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
+
+
+class Ticket:
+    """A request's handle on its queued windows; cancel() drops those not yet run."""
+
+    _ids = itertools.count()
+
+    def __init__(self) -> None:
+        self.id = next(self._ids)
+        self.cancelled = False
+        self.jobs: list[Job] = []
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FairQueue:
+    """Per-request FIFOs served round-robin. Greenlet-safe (runs on the hub only)."""
+
+    def __init__(self) -> None:
+        self._lanes: OrderedDict[int, deque[Job]] = OrderedDict()
+        self._nonempty = gevent.event.Event()
+        self.pending = 0
+
+    def put_many(self, ticket: Ticket, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        self._lanes.setdefault(ticket.id, deque()).extend(jobs)
+        self.pending += len(jobs)
+        self._nonempty.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._nonempty.wait(timeout)
+
+    def take(self, n: int) -> list[Job]:
+        """Up to ``n`` jobs, one per request in turn; cancelled requests' jobs are dropped."""
+        out: list[Job] = []
+        while len(out) < n and self._lanes:
+            for key in list(self._lanes):
+                lane = self._lanes[key]
+                while lane and lane[0].owner.cancelled:
+                    lane.popleft().result.set_exception(gevent.GreenletExit("cancelled"))
+                    self.pending -= 1
+                if lane and len(out) < n:
+                    out.append(lane.popleft())
+                    self.pending -= 1
+                    # move this lane to the back so the next take() starts with the next request
+                    self._lanes.move_to_end(key)
+                if not lane:
+                    del self._lanes[key]
+        if not self._lanes:
+            self._nonempty.clear()
+        return out
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    chunks: int = 0
+    multi_request_batches: int = 0
+    sizes: Counter = field(default_factory=Counter)
+    busy_seconds: float = 0.0
+
+    @property
+    def mean_occupancy(self) -> float:
+        return self.chunks / self.batches if self.batches else 0.0
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: Callable[[list[Any]], list[Any]],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.queue = FairQueue()
+        self.stats = BatchStats()
+        # One native thread owns the model: torch releases the GIL, the hub keeps serving.
+        self._pool = ThreadPool(1)
+        self._loop: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self._loop is None:
+            self._loop = gevent.spawn(self._serve)
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.kill()
+            self._loop = None
+        self._pool.kill()
+
+    def submit(self, ticket: Ticket, payloads: Sequence[Any]) -> list[Job]:
+        jobs = [Job(ticket, p) for p in payloads]
+        ticket.jobs.extend(jobs)
+        self.queue.put_many(ticket, jobs)
+        return jobs
+
+    def run_sync(self, payloads: list[Any]) -> list[Any]:
+        """Run one batch on the model thread right now (warm-up), bypassing the queue."""
+        return self._pool.apply(self._run_batch, (payloads,))
+
+    def _serve(self) -> None:
+        while True:
+            self.queue.wait()
+            batch = self.queue.take(self.max_batch_size)
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self.queue.wait(remaining):
+                    break
+                batch.extend(self.queue.take(self.max_batch_size - len(batch)))
+            if batch:
+                self._execute(batch)
+
+    def _execute(self, batch: list[Job]) -> None:
+        started = time.monotonic()
+        try:
+            results = self._pool.apply(self._run_batch, ([j.payload for j in batch],))
+        except Exception as exc:  # deliver the failure to every waiting request
+            log.exception("model batch of %d chunks failed", len(batch))
+            for job in batch:
+                job.result.set_exception(exc)
+            return
+        finally:
+            self.stats.busy_seconds += time.monotonic() - started
+        self.stats.batches += 1
+        self.stats.chunks += len(batch)
+        self.stats.sizes[len(batch)] += 1
+        if len({j.owner.id for j in batch}) > 1:
+            self.stats.multi_request_batches += 1
+        for job, result in zip(batch, results, strict=True):
+            job.result.set(result)

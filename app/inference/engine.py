@@ -1,0 +1,126 @@
+"""The process-wide inference engine: load once, warm up, then transcribe.
+
+The HTTP layer sees only this narrow interface:
+
+- ``state`` / ``ready`` / ``info`` for ``GET /hc``;
+- ``transcribe(audio)`` -> :class:`Transcription` (cooperative: the calling greenlet
+  waits while the batcher and its native model thread do the work).
+
+Loading happens off the hub (``start()`` runs it in a native thread), so ``/hc``
+answers 503 ``loading`` in milliseconds until the model is loaded and warmed.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import gevent
+import numpy as np
+
+from app.inference.batcher import Batcher, Ticket
+from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
+from app.inference.whisper import DecodedChunk, Transcription, WhisperRunner
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EngineState(enum.StrEnum):
+    IDLE = "idle"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = EngineState.IDLE
+        self.error: str | None = None
+        self.runner: WhisperRunner | None = None
+        self.batcher: Batcher | None = None
+        self.load_seconds: float | None = None
+        self._info: dict[str, Any] = {"model_id": settings.model_id, "device": "unknown", "device_name": "unknown"}
+        self._loader: gevent.Greenlet | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.state is EngineState.READY
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def start(self) -> gevent.Greenlet:
+        """Begin loading in the background; returns the greenlet that finishes when ready."""
+        if self._loader is None:
+            self._loader = gevent.spawn(self._load_and_warm)
+        return self._loader
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self.start().join(timeout)
+        return self.ready
+
+    def _load_and_warm(self) -> None:
+        from app.inference.model_loader import load_model
+
+        self.state = EngineState.LOADING
+        started = time.monotonic()
+        try:
+            # Loading and conversion are CPU/IO heavy: keep them off the hub.
+            loaded = gevent.get_hub().threadpool.apply(load_model, (self.settings,))
+            self.runner = WhisperRunner(loaded, max_new_tokens=self.settings.max_new_tokens)
+            self.batcher = Batcher(
+                self._run_batch,
+                max_batch_size=self.settings.batch_size,
+                max_wait_s=self.settings.batch_wait_ms / 1000,
+            )
+            self._info = {
+                "model_id": self.settings.model_id,
+                "device": loaded.device.type,
+                "device_name": loaded.device_name,
+                "dtype": str(loaded.dtype).removeprefix("torch."),
+                "attention": loaded.attn_implementation,
+            }
+            # Warm-up: one real batch through features + generate (allocations, kernels).
+            self.batcher.run_sync(self.chunks_for(np.zeros(SAMPLE_RATE, dtype=np.float32)))
+            self.batcher.start()
+        except Exception as exc:
+            self.state = EngineState.FAILED
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.exception("model %s failed to load; /hc stays 503", self.settings.model_id)
+            return
+        self.load_seconds = time.monotonic() - started
+        self.state = EngineState.READY
+        log.info("model %s ready on %s in %.1fs", self.settings.model_id, self._info["device_name"], self.load_seconds)
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    # ---- work ----------------------------------------------------------------------
+    def _run_batch(self, chunks: Sequence[Chunk]) -> list[tuple[int, ...]]:
+        assert self.runner is not None
+        return self.runner.generate([c.audio for c in chunks])
+
+    def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
+        return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
+
+    def transcribe(self, audio: np.ndarray) -> Transcription:
+        """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
+        if not self.ready or self.batcher is None or self.runner is None:
+            raise RuntimeError("engine is not ready")
+        audio_seconds = audio.shape[0] / SAMPLE_RATE
+        chunks = self.chunks_for(audio)
+        ticket = Ticket()
+        jobs = self.batcher.submit(ticket, chunks)
+        try:
+            decoded = [DecodedChunk(job.payload, job.result.get()) for job in jobs]
+        finally:
+            ticket.cancel()  # a client that went away (GreenletExit) frees its queued windows
+        return self.runner.merge(decoded, audio_seconds)

