@@ -1,0 +1,45 @@
+"""ASR API: a Whisper speech-to-text server (Flask + flask-smorest, gunicorn/gevent, transformers)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from app.inference.engine import Engine
+    from app.settings import Settings
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    """Build the WSGI app. Cheap: the model is loaded later by ``engine.start()``."""
+    from flask import Flask
+    from flask_smorest import Api
+
+    from app.api.errors import register_error_handlers
+    from app.api.routes import blp
+    from app.inference.engine import Engine
+    from app.settings import Settings
+
+    settings = settings or Settings()
+    engine = engine or Engine(settings)
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="ASR API",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,  # multipart overhead
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["asr_settings"] = settings
+    app.extensions["asr_engine"] = engine
+    api = Api(app)
+    api.register_blueprint(blp)
+    register_error_handlers(app)
+    return app

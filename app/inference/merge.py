@@ -115,8 +115,14 @@ def merge_windows(windows: Sequence[tuple[Chunk, Sequence[RawSegment]]]) -> list
                 merged[-1], right[0] = _dedupe(merged[-1], right[0], anchored=True)
             merged += [s for s in right if s.tokens]
             continue
-        kept_left = [s for s in merged if s.mid < border]
-        kept_right = [s for s in segments if s.mid >= border]
+        # No boundary both windows agree on: each keeps what starts on its side of the
+        # border; an unfinished left segment borrows its ending from the right window.
+        kept_left = [s for s in merged if s.start < border]
+        kept_right = [s for s in segments if s.start >= border]
+        if kept_left and not kept_left[-1].closed:
+            straddling = [s for s in segments if s.start < border and s.end > kept_left[-1].start]
+            if straddling:
+                kept_right.insert(0, straddling[-1])
         if kept_left and kept_right and kept_right[0].start < kept_left[-1].end:
             kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=False)
         merged = kept_left + [s for s in kept_right if s.tokens]

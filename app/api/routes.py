@@ -1,0 +1,151 @@
+"""HTTP routes: ``GET /hc`` and ``POST /asr``. Transcription itself lives in the engine."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flask import current_app, jsonify, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import ValidationError
+
+from app import __version__
+from app.api.schemas import AsrResponse, AsrUrlRequest, ErrorResponse, HealthResponse
+from app.audio.decode import decode_audio
+from app.audio.fetch import fetch_url, read_local_file
+from app.audio.limits import read_body_capped
+from app.errors import BadRequest, InvalidField, ServiceUnavailable
+from app.inference.engine import Engine
+from app.settings import Settings
+from app.threads import run_blocking
+
+blp = Blueprint("asr", __name__, description="Speech recognition")
+
+MAX_JSON_BYTES = 64 * 1024
+_AUDIO_BODY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def _engine() -> Engine:
+    return current_app.extensions["asr_engine"]
+
+
+def _settings() -> Settings:
+    return current_app.extensions["asr_settings"]
+
+
+@blp.route("/hc")
+class Health(MethodView):
+    @blp.response(200, HealthResponse, description="The model is loaded and warmed; ready for traffic.")
+    @blp.alt_response(503, description='Still loading (`{"status": "loading"}`) or failed to load.')
+    def get(self):
+        """Readiness probe: 200 once the model is loaded and warmed, 503 before."""
+        engine = _engine()
+        if not engine.ready:
+            response = jsonify({"status": engine.state.value if engine.state.value != "idle" else "loading"})
+            response.status_code = 503
+            response.headers["Retry-After"] = "5"
+            return response
+        info = engine.info
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model_id": info["model_id"],
+            "device": info["device_name"],
+        }
+
+
+def _audio_bytes_from_request(settings: Settings) -> bytes:
+    """The audio bytes, wherever the client put them (JSON url/path, multipart file, raw body)."""
+    mimetype = request.mimetype or ""
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        raw = read_body_capped(request.stream, content_length=request.content_length, max_bytes=MAX_JSON_BYTES)
+        try:
+            payload = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BadRequest("The request body is not valid JSON.", code="malformed_json") from None
+        if not isinstance(payload, dict):
+            raise InvalidField('Expected a JSON object like {"url": "https://..."}.')
+        try:
+            url = AsrUrlRequest().load(payload)["url"]
+        except ValidationError as exc:
+            raise InvalidField(f"Invalid request body: {exc.messages}") from None
+        if "://" in url:
+            return fetch_url(url, settings)
+        return run_blocking(read_local_file, url, settings)
+    if mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise InvalidField('multipart/form-data requests need the audio in a field named "file".')
+        return upload.read()
+    return read_body_capped(request.stream, content_length=request.content_length, max_bytes=settings.max_upload_bytes)
+
+
+@blp.route("/asr")
+class Asr(MethodView):
+    @blp.doc(
+        requestBody={
+            "required": True,
+            "description": "Either JSON with a `url` (http(s) URL or allowed local path) or the raw audio bytes.",
+            "content": {
+                "application/json": {"schema": AsrUrlRequest},
+                "application/octet-stream": _AUDIO_BODY,
+                "audio/*": _AUDIO_BODY,
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
+    )
+    @blp.response(
+        200,
+        AsrResponse,
+        description="The transcript.",
+        headers={
+            "X-Processing-Time": {"description": "Seconds spent on this request", "schema": {"type": "number"}},
+            "X-Audio-Length": {"description": "Audio duration in seconds", "schema": {"type": "number"}},
+            "X-Realtime-Factor": {"description": "Audio seconds per processing second", "schema": {"type": "number"}},
+            "X-Model-ID": {"description": "MODEL_ID serving the request", "schema": {"type": "string"}},
+            "X-GPU-Name": {"description": "GPU name, or the CPU description", "schema": {"type": "string"}},
+        },
+    )
+    @blp.alt_response(400, schema=ErrorResponse, description="Malformed request (e.g. invalid JSON).")
+    @blp.alt_response(403, schema=ErrorResponse, description="URL or path not allowed.")
+    @blp.alt_response(404, schema=ErrorResponse, description="Local file not found.")
+    @blp.alt_response(413, schema=ErrorResponse, description="Body, download or audio duration over the limit.")
+    @blp.alt_response(415, schema=ErrorResponse, description="Not decodable audio.")
+    @blp.alt_response(422, schema=ErrorResponse, description="Invalid field.")
+    @blp.alt_response(502, schema=ErrorResponse, description="The audio URL failed.")
+    @blp.alt_response(503, schema=ErrorResponse, description="Model still loading.")
+    @blp.alt_response(504, schema=ErrorResponse, description="The audio URL timed out.")
+    def post(self):
+        """Transcribe audio given as a URL, a local path, or the raw request body."""
+        engine = _engine()
+        settings = _settings()
+        if not engine.ready:
+            raise ServiceUnavailable("The model is still loading; retry shortly.", code="loading", retry_after=5)
+        started = time.perf_counter()
+        data = _audio_bytes_from_request(settings)
+        audio = run_blocking(
+            decode_audio, data, max_seconds=settings.max_audio_seconds, timeout_s=settings.decode_timeout_s
+        )
+        del data
+        result = engine.transcribe(audio)
+        elapsed = time.perf_counter() - started
+        return result.to_dict(), 200, _timing_headers(engine, result.audio_seconds, elapsed)
+
+
+def _timing_headers(engine: Engine, audio_seconds: float, elapsed: float) -> dict[str, Any]:
+    info = engine.info
+    return {
+        "X-Processing-Time": f"{elapsed:.3f}",
+        "X-Audio-Length": f"{audio_seconds:.3f}",
+        "X-Realtime-Factor": f"{(audio_seconds / elapsed) if elapsed > 0 else 0.0:.2f}",
+        "X-Model-ID": info["model_id"],
+        "X-GPU-Name": info["device_name"],
+    }

@@ -1,0 +1,45 @@
+"""Marshmallow schemas: request and response shapes, also the OpenAPI source."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+
+class AsrUrlRequest(Schema):
+    url = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=8192),
+        metadata={
+            "description": "An http(s) URL to download, or a path inside LOCAL_AUDIO_DIR on the server.",
+            "example": "https://example.com/audio.mp3",
+        },
+    )
+
+
+class TimedChunk(Schema):
+    timestamp = fields.List(
+        fields.Float(), validate=validate.Length(equal=2), metadata={"description": "[start, end] in seconds"}
+    )
+    text = fields.String()
+
+
+class AsrResponse(Schema):
+    text = fields.String(metadata={"description": "The whole transcript."})
+    chunks = fields.List(fields.Nested(TimedChunk), metadata={"description": "Timed segments in audio order."})
+
+
+class HealthResponse(Schema):
+    status = fields.String(metadata={"example": "ok"})
+    version = fields.String()
+    model_id = fields.String()
+    device = fields.String(metadata={"description": "GPU name, or the CPU description."})
+
+
+class ErrorBody(Schema):
+    code = fields.String(metadata={"description": "Stable machine-readable error code."})
+    message = fields.String()
+    status = fields.Integer()
+
+
+class ErrorResponse(Schema):
+    error = fields.Nested(ErrorBody)

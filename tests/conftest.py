@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.speech import PASSAGE, SENTENCE, speak
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CACHE_DIR for the whole run, so the embedded model is converted once."""
+    override = os.environ.get("ASR_TEST_CACHE_DIR")
+    return Path(override) if override else tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+@pytest.fixture(scope="session")
+def sentence_wav(speech_dir: Path) -> Path:
+    return speak(SENTENCE, speech_dir / "sentence.wav")
+
+
+@pytest.fixture(scope="session")
+def passage_wav(speech_dir: Path) -> Path:
+    """About 146 s of read speech: five 30 s windows with four borders."""
+    return speak(PASSAGE, speech_dir / "passage.wav")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    local_dir: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(env_overrides: dict[str, str], log_path: Path, local_dir: Path, *, wait_ready: bool = True):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID",)}
+    env.update({"HOST": "127.0.0.1", "PORT": str(port), "PYTHONUNBUFFERED": "1", **env_overrides})
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, local_dir)
+    if wait_ready:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited early:\n{server.log()}")
+            try:
+                if requests.get(server.url + "/hc", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.25)
+        else:
+            stop_server(server)
+            raise RuntimeError(f"server never became ready:\n{server.log()}")
+    return server
+
+
+def stop_server(server: LiveServer) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[LiveServer]:
+    """gunicorn + gevent serving the embedded tiny.en model, as the README starts it."""
+    local_dir = tmp_path_factory.mktemp("local-audio")
+    log_path = tmp_path_factory.mktemp("logs") / "gunicorn.log"
+    server = start_server(
+        {"CACHE_DIR": str(model_cache), "LOCAL_AUDIO_DIR": str(local_dir)}, log_path, local_dir
+    )
+    yield server
+    stop_server(server)

@@ -1,0 +1,54 @@
+"""Real speech for tests: espeak-ng reads known text; WER and alignment helpers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import jiwer
+
+DATA = Path(__file__).parent / "data"
+PASSAGE = (DATA / "passage.txt").read_text()
+SENTENCE = "The quick brown fox jumps over the lazy dog. Speech recognition servers should be fast and safe."
+
+
+def speak(text: str, out: Path, *, voice: str = "en-us", speed: int = 165) -> Path:
+    """Write espeak-ng's reading of ``text`` to ``out`` (wav, 22.05 kHz mono)."""
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(out), text], check=True)
+    return out
+
+
+def convert(src: Path, out: Path, *args: str) -> Path:
+    """Re-encode with ffmpeg (format from ``out``'s suffix)."""
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(src), *args, str(out)], check=True
+    )
+    return out
+
+
+def normalize(text: str) -> str:
+    text = text.lower().replace("-", " ")
+    text = re.sub(r"[^a-z' ]", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(normalize(reference), normalize(hypothesis))
+
+
+def longest_runs(reference: str, hypothesis: str) -> tuple[int, int]:
+    """Longest run of consecutive deleted and of consecutive inserted words.
+
+    Model mistakes are mostly substitutions of one or two words. A window border that
+    drops speech shows up as a long deletion run; one that doubles speech as a long
+    insertion run.
+    """
+    out = jiwer.process_words(normalize(reference), normalize(hypothesis))
+    longest_del = longest_ins = 0
+    for chunk in out.alignments[0]:
+        if chunk.type == "delete":
+            longest_del = max(longest_del, chunk.ref_end_idx - chunk.ref_start_idx)
+        elif chunk.type == "insert":
+            longest_ins = max(longest_ins, chunk.hyp_end_idx - chunk.hyp_start_idx)
+    return longest_del, longest_ins

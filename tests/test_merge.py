@@ -1,0 +1,64 @@
+"""The overlap merge on hand-made window outputs (token ids stand in for words)."""
+
+import numpy as np
+
+from app.inference.chunking import SAMPLE_RATE, Chunk
+from app.inference.merge import merge_windows, parse_segments
+
+TS = 1000  # first timestamp token id in these tests
+P = 0.02
+
+
+def ts(seconds: float) -> int:
+    return TS + round(seconds / P)
+
+
+def chunk(index: int, start: float, length: float, left: float, right: float) -> Chunk:
+    return Chunk(index, start, np.zeros(int(length * SAMPLE_RATE), dtype=np.float32), left, right)
+
+
+def test_parse_pairs_and_open_tail():
+    c = chunk(1, 20, 30, 5, 5)
+    tokens = [ts(0), 1, 2, ts(3), ts(3), 3, 4, ts(6.5), 5, 6]
+    segs = parse_segments(tokens, c, TS, P)
+    assert [(s.start, s.end, s.tokens, s.closed) for s in segs] == [
+        (20.0, 23.0, (1, 2), True),
+        (23.0, 26.5, (3, 4), True),
+        (26.5, 50.0, (5, 6), False),
+    ]
+
+
+def test_parse_stops_when_time_goes_backwards():
+    c = chunk(0, 0, 30, 0, 5)
+    segs = parse_segments([ts(27), 1, 2, ts(29.5), ts(1), 9, 9, ts(2)], c, TS, P)
+    assert [s.tokens for s in segs] == [(1, 2)]
+
+
+def test_switches_windows_at_a_shared_boundary_without_loss_or_double():
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    # words 1..6 are spoken 0-28 s; the overlap is 20-30 s; both windows end a segment at 24 s.
+    left = parse_segments([ts(0), 1, 2, ts(12), ts(12), 3, 4, ts(24), ts(24), 5, 6], a, TS, P)
+    right = parse_segments([ts(0), 4, ts(4), ts(4), 5, 6, ts(8), ts(8), 7, ts(12)], b, TS, P)
+    merged = merge_windows([(a, left), (b, right)])
+    assert [t for s in merged for t in s.tokens] == [1, 2, 3, 4, 5, 6, 7]
+    starts = [s.start for s in merged]
+    assert starts == sorted(starts)
+
+
+def test_words_shared_across_the_cut_are_kept_once():
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    left = parse_segments([ts(0), 1, 2, ts(12), ts(12), 3, 4, 5, 6, ts(24.5)], a, TS, P)
+    right = parse_segments([ts(0), 3, 4, ts(4.1), ts(4.1), 5, 6, 7, 8, ts(9)], b, TS, P)
+    merged = merge_windows([(a, left), (b, right)])
+    assert [t for s in merged for t in s.tokens] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_fallback_without_shared_boundary_splits_mid_overlap():
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    left = parse_segments([ts(0), 1, 2, 3, ts(21), ts(21), 4, 5, 6, 7, 8], a, TS, P)  # open tail 21-30
+    right = parse_segments([ts(0), 5, 6, 7, 8, ts(6), ts(6), 9, ts(8)], b, TS, P)  # 20-26, 26-28
+    merged = merge_windows([(a, left), (b, right)])
+    assert [t for s in merged for t in s.tokens] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
