@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest request body or download, bytes.")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted, seconds.")
     local_audio_dir: Path | None = Field(
-        None, description="Directory that `{\"url\": \"/path\"}` may read from; unset = local paths refused."
+        None, description='Directory that `{"url": "/path"}` may read from; unset = local paths refused.'
     )
     url_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for audio URLs.")
     url_read_timeout_s: float = Field(30.0, gt=0, description="Read timeout (between bytes) for audio URLs.")
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
 
     @property
     def bind(self) -> str:
-        host = "0.0.0.0" if self.host in ("*", "") else self.host
+        host = "0.0.0.0" if self.host in ("*", "") else self.host  # noqa: S104 - HOST=* means all interfaces
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{host}:{self.port}"

@@ -62,15 +62,15 @@ def start_server(env_overrides: dict[str, str], log_path: Path, local_dir: Path,
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID",)}
     env.update({"HOST": "127.0.0.1", "PORT": str(port), "PYTHONUNBUFFERED": "1", **env_overrides})
-    log_file = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log_path.open("wb") as log_file:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, local_dir)
     if wait_ready:
         deadline = time.monotonic() + 240
@@ -105,7 +105,13 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> 
     local_dir = tmp_path_factory.mktemp("local-audio")
     log_path = tmp_path_factory.mktemp("logs") / "gunicorn.log"
     server = start_server(
-        {"CACHE_DIR": str(model_cache), "LOCAL_AUDIO_DIR": str(local_dir)}, log_path, local_dir
+        {
+            "CACHE_DIR": str(model_cache),
+            "LOCAL_AUDIO_DIR": str(local_dir),
+            "URL_ALLOWED_NETWORKS": "127.0.0.1/32",  # lets the URL test reach its loopback file server
+        },
+        log_path,
+        local_dir,
     )
     yield server
     stop_server(server)

@@ -10,7 +10,10 @@ import jiwer
 
 DATA = Path(__file__).parent / "data"
 PASSAGE = (DATA / "passage.txt").read_text()
-SENTENCE = "The quick brown fox jumps over the lazy dog. Speech recognition servers should be fast and safe."
+SENTENCE = (
+    "The old lighthouse stood on a rocky island at the mouth of the harbor. "
+    "The keeper lived alone in a small stone cottage beside the tower."
+)
 
 
 def speak(text: str, out: Path, *, voice: str = "en-us", speed: int = 165) -> Path:

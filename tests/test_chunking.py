@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -14,7 +16,7 @@ def test_windows_tile_the_file_with_strides():
     # owned regions [start + left, end - right) cover the file exactly once
     owned = [(c.start_s + c.stride_left_s, c.start_s + c.length_s - c.stride_right_s) for c in chunks]
     assert owned[0][0] == 0 and owned[-1][1] == pytest.approx(95.5)
-    for (_, end), (start, _) in zip(owned, owned[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(owned):
         assert end == pytest.approx(start)
     # the samples are the file's own, not copies shifted in time
     assert chunks[2].audio[0] == 40 * SAMPLE_RATE

@@ -40,7 +40,7 @@ def register_error_handlers(app: Flask) -> None:
         err = ApiError(message, code=_http_code(exc))
         err.status = status
         response = error_response(err)
-        for key, value in (exc.get_headers() if hasattr(exc, "get_headers") else []):
+        for key, value in exc.get_headers() if hasattr(exc, "get_headers") else []:
             if key.lower() not in ("content-type", "content-length"):
                 response.headers[key] = value
         return response

@@ -49,4 +49,3 @@ def iter_chunks(audio: np.ndarray, chunk_length_s: float, stride_length_s: float
             index += 1
         if is_last:
             break
-

@@ -46,9 +46,7 @@ class CT2Model:
 
 def is_ct2_whisper_dir(path: Path) -> bool:
     """True when ``path`` looks like a CTranslate2 Whisper model directory."""
-    return (path / "tokenizer.json").is_file() and (
-        (path / "model.bin").is_file() or bool(model_bin_parts(path))
-    )
+    return (path / "tokenizer.json").is_file() and ((path / "model.bin").is_file() or bool(model_bin_parts(path)))
 
 
 def model_bin_parts(path: Path) -> list[Path]:
@@ -123,11 +121,7 @@ def load_ct2_model(path: Path) -> CT2Model:
 
 
 def _layer_count(variables: dict[str, np.ndarray], prefix: str) -> int:
-    indices = {
-        int(m.group(1))
-        for name in variables
-        if (m := re.match(rf"^{prefix}/layer_(\d+)/", name))
-    }
+    indices = {int(m.group(1)) for name in variables if (m := re.match(rf"^{prefix}/layer_(\d+)/", name))}
     return max(indices) + 1 if indices else 0
 
 

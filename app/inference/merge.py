@@ -37,7 +37,9 @@ class RawSegment:
         return (self.start + self.end) / 2
 
 
-def parse_segments(tokens: Sequence[int], chunk: Chunk, timestamp_begin: int, time_precision: float) -> list[RawSegment]:
+def parse_segments(
+    tokens: Sequence[int], chunk: Chunk, timestamp_begin: int, time_precision: float
+) -> list[RawSegment]:
     """Split one window's token ids into timed segments (absolute times)."""
     segments: list[RawSegment] = []
     start: float | None = None

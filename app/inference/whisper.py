@@ -79,9 +79,7 @@ class WhisperRunner:
     def merge(self, decoded: Sequence[DecodedChunk], audio_seconds: float) -> Transcription:
         """Join overlapping windows into one transcript with whole-file timestamps."""
         tok = self.loaded.tokenizer
-        windows = [
-            (d.chunk, parse_segments(d.tokens, d.chunk, self._timestamp_begin, TIME_PRECISION)) for d in decoded
-        ]
+        windows = [(d.chunk, parse_segments(d.tokens, d.chunk, self._timestamp_begin, TIME_PRECISION)) for d in decoded]
         segments = []
         for raw in merge_windows(windows):
             text = tok.decode(list(raw.tokens), skip_special_tokens=True)

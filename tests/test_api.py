@@ -1,0 +1,134 @@
+"""API layer with a fake engine: routing, validation, error envelope, OpenAPI."""
+
+import pytest
+
+from app import create_app
+from app.settings import Settings
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def engine():
+    return FakeEngine()
+
+
+@pytest.fixture
+def client(engine, tmp_path):
+    app = create_app(Settings(cache_dir=tmp_path, local_audio_dir=tmp_path, max_upload_bytes=2_000_000), engine)
+    return app.test_client()
+
+
+def assert_envelope(response, status, code=None):
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert set(body) == {"error"}
+    assert body["error"]["status"] == status
+    assert body["error"]["message"]
+    if code:
+        assert body["error"]["code"] == code
+    text = response.get_data(as_text=True)
+    assert "Traceback" not in text and "/work/" not in text and "site-packages" not in text
+
+
+def test_hc_is_503_while_loading_then_200():
+    engine = FakeEngine(ready=False)
+    client = create_app(Settings(), engine).test_client()
+    r = client.get("/hc")
+    assert r.status_code == 503 and r.get_json() == {"status": "loading"}
+    assert r.headers["Retry-After"]
+    engine.state = type(engine.state).READY
+    r = client.get("/hc")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["status"] == "ok" and body["model_id"] == "fake/whisper" and body["device"] == "FakeCPU"
+    assert body["version"]
+
+
+def test_asr_refuses_work_while_loading(sentence_wav):
+    client = create_app(Settings(), FakeEngine(ready=False)).test_client()
+    r = client.post("/asr", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
+    assert_envelope(r, 503, "loading")
+    assert r.headers["Retry-After"]
+
+
+def test_raw_upload_returns_text_chunks_and_headers(client, sentence_wav):
+    r = client.post("/asr", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["text"].endswith("seconds")
+    assert body["chunks"][0]["timestamp"][0] == 0.0
+    for header in ("X-Processing-Time", "X-Audio-Length", "X-Realtime-Factor"):
+        assert float(r.headers[header]) >= 0
+    assert r.headers["X-Model-ID"] == "fake/whisper" and r.headers["X-GPU-Name"] == "FakeCPU"
+
+
+def test_multipart_upload(client, sentence_wav):
+    with sentence_wav.open("rb") as f:
+        r = client.post("/asr", data={"file": (f, "s.wav")}, content_type="multipart/form-data")
+    assert r.status_code == 200 and r.get_json()["text"]
+
+
+def test_multipart_without_file_field(client):
+    r = client.post("/asr", data={"other": "x"}, content_type="multipart/form-data")
+    assert_envelope(r, 422)
+
+
+def test_local_path_inside_allowed_dir(client, tmp_path, sentence_wav):
+    (tmp_path / "a.wav").write_bytes(sentence_wav.read_bytes())
+    r = client.post("/asr", json={"url": str(tmp_path / "a.wav")})
+    assert r.status_code == 200, r.get_json()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b"{not json", "application/json", 400),
+        (b"[1, 2]", "application/json", 422),
+        (b'{"url": 5}', "application/json", 422),
+        (b'{"url": ""}', "application/json", 422),
+        (b"{}", "application/json", 422),
+        (b'{"uri": "x"}', "application/json", 422),
+        (b"", "application/octet-stream", 415),
+        (b"hello, this is text", "text/plain", 415),
+        (b"\x00" * 5000, "audio/mpeg", 415),
+    ],
+)
+def test_bad_requests_get_enveloped_4xx(client, engine, body, content_type, status):
+    r = client.post("/asr", data=body, content_type=content_type)
+    assert_envelope(r, status)
+    assert engine.calls == 0
+
+
+def test_url_schemes_and_private_hosts_are_refused(client):
+    assert_envelope(client.post("/asr", json={"url": "file:///etc/passwd"}), 422)
+    assert_envelope(client.post("/asr", json={"url": "http://127.0.0.1:1/a.wav"}), 403)
+    assert_envelope(client.post("/asr", json={"url": "http://169.254.169.254/latest/meta-data"}), 403)
+
+
+def test_local_path_outside_allowed_dir(client):
+    assert_envelope(client.post("/asr", json={"url": "/etc/passwd"}), 403)
+    assert_envelope(client.post("/asr", json={"url": "../../etc/passwd"}), 403)
+
+
+def test_oversized_body_is_413(client):
+    r = client.post("/asr", data=b"\x00" * 2_000_001, content_type="application/octet-stream")
+    assert_envelope(r, 413)
+
+
+def test_unknown_route_and_method_use_the_envelope(client):
+    assert_envelope(client.get("/nope"), 404)
+    assert_envelope(client.get("/asr"), 405)
+
+
+def test_openapi_describes_every_route_and_docs_render(client):
+    spec = client.get("/openapi.json").get_json()
+    assert {"/hc", "/asr"} <= set(spec["paths"])
+    post = spec["paths"]["/asr"]["post"]
+    assert {"application/json", "application/octet-stream", "multipart/form-data"} <= set(
+        post["requestBody"]["content"]
+    )
+    assert {"200", "400", "413", "415", "422", "503"} <= set(post["responses"])
+    assert "X-Realtime-Factor" in post["responses"]["200"]["headers"]
+    assert "200" in spec["paths"]["/hc"]["get"]["responses"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and b"swagger" in docs.data.lower()

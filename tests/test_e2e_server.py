@@ -1,0 +1,122 @@
+"""End to end: real gunicorn + gevent, real tiny.en weights, real (espeak-ng) speech."""
+
+import http.server
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import pytest
+import requests
+
+from tests.speech import PASSAGE, SENTENCE, convert, longest_runs, wer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_hc_reports_model_and_device(live_server):
+    r = requests.get(live_server.url + "/hc", timeout=5)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["model_id"] == "embedded/whisper-tiny.en"
+    assert body["device"].startswith("CPU")
+
+
+def test_long_recording_upload(live_server, passage_wav):
+    r = requests.post(
+        live_server.url + "/asr",
+        data=passage_wav.read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+        timeout=300,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert wer(PASSAGE, body["text"]) < 0.15, body["text"]
+    deleted, inserted = longest_runs(PASSAGE, body["text"])
+    assert deleted <= 3 and inserted <= 3
+    duration = float(r.headers["X-Audio-Length"])
+    assert duration > 120
+    stamps = [c["timestamp"] for c in body["chunks"]]
+    assert all(0 <= s <= e <= duration for s, e in stamps)
+    assert [s for s, _ in stamps] == sorted(s for s, _ in stamps)
+    assert stamps[-1][1] > duration - 5
+    assert float(r.headers["X-Realtime-Factor"]) > 1
+    assert float(r.headers["X-Processing-Time"]) > 0
+    assert r.headers["X-Model-ID"] == "embedded/whisper-tiny.en"
+    assert r.headers["X-GPU-Name"].startswith("CPU")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "args"),
+    [
+        ("wav", ()),
+        ("flac", ()),
+        ("ogg", ("-c:a", "libvorbis", "-q:a", "5")),
+        ("mp3", ()),
+        ("webm", ("-c:a", "libopus")),
+        ("m4a", ("-c:a", "aac")),
+    ],
+)
+def test_formats_via_data_binary(live_server, sentence_wav, tmp_path, suffix, args):
+    path = convert(sentence_wav, tmp_path / f"s.{suffix}", *args)
+    r = requests.post(live_server.url + "/asr", data=path.read_bytes(), timeout=120)
+    assert r.status_code == 200, r.text
+    assert wer(SENTENCE, r.json()["text"]) < 0.2, r.json()["text"]
+
+
+def test_local_path(live_server, sentence_wav):
+    target = live_server.local_dir / "sentence.wav"
+    target.write_bytes(sentence_wav.read_bytes())
+    r = requests.post(live_server.url + "/asr", json={"url": str(target)}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert wer(SENTENCE, r.json()["text"]) < 0.2
+
+
+def test_url_fetch(live_server, sentence_wav):
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(sentence_wav.parent))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/{sentence_wav.name}"
+        r = requests.post(live_server.url + "/asr", json={"url": url}, timeout=120)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert r.status_code == 200, r.text
+    assert wer(SENTENCE, r.json()["text"]) < 0.2
+
+
+def test_hc_stays_fast_while_a_long_file_transcribes(live_server, passage_wav):
+    data = passage_wav.read_bytes()
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(requests.post, live_server.url + "/asr", data=data, timeout=300)
+        time.sleep(1.0)  # let decoding finish and the model start
+        latencies = []
+        session = requests.Session()
+        while not job.done():
+            started = time.perf_counter()
+            r = session.get(live_server.url + "/hc", timeout=5)
+            latencies.append(time.perf_counter() - started)
+            assert r.status_code == 200
+            time.sleep(0.05)
+        assert job.result().status_code == 200
+    assert len(latencies) >= 20  # the transcription ran for seconds while we probed
+    latencies.sort()
+    p95 = latencies[int(len(latencies) * 0.95) - 1]
+    assert statistics.median(latencies) < 0.05, latencies
+    assert p95 < 0.1, latencies
+
+
+def test_server_keeps_serving_after_bad_input(live_server, sentence_wav):
+    for body in (b"", b"not audio at all", b"RIFF\x00\x00\x00\x00WAVEfmt garbage"):
+        r = requests.post(live_server.url + "/asr", data=body, timeout=30)
+        assert r.status_code == 415, r.text
+        assert set(r.json()) == {"error"}
+    r = requests.post(live_server.url + "/asr", data=b"{oops", headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400
+    assert requests.get(live_server.url + "/hc", timeout=5).status_code == 200
+    r = requests.post(live_server.url + "/asr", data=sentence_wav.read_bytes(), timeout=120)
+    assert r.status_code == 200 and r.json()["text"]
