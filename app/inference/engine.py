@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import gevent
@@ -23,7 +23,8 @@ import numpy as np
 
 from app.inference.batcher import Batcher, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
-from app.inference.whisper import DecodedChunk, Transcription, WhisperRunner
+from app.inference.merge import WindowMerger
+from app.inference.whisper import DecodedChunk, Segment, Transcription, WhisperRunner
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -111,16 +112,40 @@ class Engine:
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
 
-    def transcribe(self, audio: np.ndarray) -> Transcription:
-        """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
+    def stream(self, audio: np.ndarray) -> Iterator[Segment]:
+        """Yield segments in audio order as soon as they are final.
+
+        Windows of this request go into the shared batcher at once; as each one's
+        result arrives (in order) it is merged, and every segment that no later
+        window can change is yielded. Closing the generator early (a client that hung
+        up) cancels the windows not yet run.
+        """
         if not self.ready or self.batcher is None or self.runner is None:
             raise RuntimeError("engine is not ready")
+        runner = self.runner
         audio_seconds = audio.shape[0] / SAMPLE_RATE
-        chunks = self.chunks_for(audio)
         ticket = Ticket()
-        jobs = self.batcher.submit(ticket, chunks)
+        jobs = self.batcher.submit(ticket, self.chunks_for(audio))
+        merger = WindowMerger()
+        emitted = 0
         try:
-            decoded = [DecodedChunk(job.payload, job.result.get()) for job in jobs]
+            for i, job in enumerate(jobs):
+                merger.add(job.payload, runner.parse(DecodedChunk(job.payload, job.result.get())))
+                next_start = jobs[i + 1].payload.start_s if i + 1 < len(jobs) else None
+                stable = merger.stable_count(next_start)
+                for raw in merger.merged[emitted:stable]:
+                    segment = runner.to_segment(raw, audio_seconds)
+                    if segment is not None:
+                        yield segment
+                emitted = max(emitted, stable)
         finally:
-            ticket.cancel()  # a client that went away (GreenletExit) frees its queued windows
-        return self.runner.merge(decoded, audio_seconds)
+            ticket.cancel()  # frees queued windows of a request that stopped early
+
+    def transcribe(self, audio: np.ndarray) -> Transcription:
+        """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
+        segments = list(self.stream(audio))
+        return Transcription(
+            text="".join(s.text for s in segments).strip(),
+            segments=segments,
+            audio_seconds=audio.shape[0] / SAMPLE_RATE,
+        )

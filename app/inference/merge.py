@@ -90,42 +90,79 @@ def _dedupe(left: RawSegment, right: RawSegment, *, anchored: bool) -> tuple[Raw
     )
 
 
-def merge_windows(windows: Sequence[tuple[Chunk, Sequence[RawSegment]]]) -> list[RawSegment]:
-    merged: list[RawSegment] = []
-    for i, (chunk, segments) in enumerate(windows):
-        if i == 0:
-            merged = list(segments)
-            continue
-        prev = windows[i - 1][0]
+class WindowMerger:
+    """Adds windows in audio order; ``merged`` is the transcript so far.
+
+    Segments that end before the next window starts can never change again
+    (:meth:`stable_count`), which is what lets ``?stream=1`` send them at once.
+    Each :meth:`add` only looks at the tail that overlaps the new window, so a
+    long file merges in linear time.
+    """
+
+    def __init__(self) -> None:
+        self.merged: list[RawSegment] = []
+        self._prev: Chunk | None = None
+
+    def add(self, chunk: Chunk, segments: Sequence[RawSegment]) -> None:
+        prev, self._prev = self._prev, chunk
+        if prev is None:
+            self.merged = list(segments)
+            return
         overlap_start = chunk.start_s
         overlap_end = prev.start_s + prev.length_s
         border = chunk.start_s + chunk.stride_left_s
-        best: tuple[float, int, int] | None = None
-        for k, left in enumerate(merged):
-            if not left.closed or not (overlap_start + EDGE_MARGIN_S <= left.end <= overlap_end - EDGE_MARGIN_S):
-                continue
-            for j, right in enumerate(segments):
-                if abs(right.start - left.end) <= BOUNDARY_TOLERANCE_S:
-                    score = abs(left.end - border)
-                    if best is None or score < best[0]:
-                        best = (score, k, j)
-        if best is not None:
-            _, k, j = best
-            right = list(segments[j:])
-            merged = merged[: k + 1]
-            if right:
-                merged[-1], right[0] = _dedupe(merged[-1], right[0], anchored=True)
-            merged += [s for s in right if s.tokens]
+        # Only segments reaching into the overlap can be affected.
+        split = len(self.merged)
+        while split > 0 and self.merged[split - 1].end >= overlap_start - BOUNDARY_TOLERANCE_S:
+            split -= 1
+        head, tail = self.merged[:split], self.merged[split:]
+        self.merged = head + _join(tail, list(segments), overlap_start, overlap_end, border)
+
+    def stable_count(self, next_window_start: float | None) -> int:
+        """How many leading segments are final given where the next window starts."""
+        if next_window_start is None:
+            return len(self.merged)
+        count = 0
+        for seg in self.merged:
+            if seg.end > next_window_start:
+                break
+            count += 1
+        return count
+
+
+def _join(
+    left_tail: list[RawSegment], segments: list[RawSegment], overlap_start: float, overlap_end: float, border: float
+) -> list[RawSegment]:
+    best: tuple[float, int, int] | None = None
+    for k, left in enumerate(left_tail):
+        if not left.closed or not (overlap_start + EDGE_MARGIN_S <= left.end <= overlap_end - EDGE_MARGIN_S):
             continue
-        # No boundary both windows agree on: each keeps what starts on its side of the
-        # border; an unfinished left segment borrows its ending from the right window.
-        kept_left = [s for s in merged if s.start < border]
-        kept_right = [s for s in segments if s.start >= border]
-        if kept_left and not kept_left[-1].closed:
-            straddling = [s for s in segments if s.start < border and s.end > kept_left[-1].start]
-            if straddling:
-                kept_right.insert(0, straddling[-1])
-        if kept_left and kept_right and kept_right[0].start < kept_left[-1].end:
-            kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=False)
-        merged = kept_left + [s for s in kept_right if s.tokens]
-    return merged
+        for j, right in enumerate(segments):
+            if abs(right.start - left.end) <= BOUNDARY_TOLERANCE_S:
+                score = abs(left.end - border)
+                if best is None or score < best[0]:
+                    best = (score, k, j)
+    if best is not None:
+        _, k, j = best
+        kept_left, kept_right = left_tail[: k + 1], segments[j:]
+        if kept_right:
+            kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=True)
+        return kept_left + [s for s in kept_right if s.tokens]
+    # No boundary both windows agree on: each keeps what starts on its side of the
+    # border; an unfinished left segment borrows its ending from the right window.
+    kept_left = [s for s in left_tail if s.start < border]
+    kept_right = [s for s in segments if s.start >= border]
+    if kept_left and not kept_left[-1].closed:
+        straddling = [s for s in segments if s.start < border and s.end > kept_left[-1].start]
+        if straddling:
+            kept_right.insert(0, straddling[-1])
+    if kept_left and kept_right and kept_right[0].start < kept_left[-1].end:
+        kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=False)
+    return kept_left + [s for s in kept_right if s.tokens]
+
+
+def merge_windows(windows: Sequence[tuple[Chunk, Sequence[RawSegment]]]) -> list[RawSegment]:
+    merger = WindowMerger()
+    for chunk, segments in windows:
+        merger.add(chunk, segments)
+    return merger.merged

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.inference.chunking import SAMPLE_RATE, Chunk
-from app.inference.merge import merge_windows, parse_segments
+from app.inference.merge import RawSegment, parse_segments
 from app.inference.model_loader import LoadedModel
 
 # Whisper's encoder maps 30 s onto 1500 positions: timestamp tokens step by 20 ms.
@@ -76,17 +76,15 @@ class WhisperRunner:
             ids.pop()
         return tuple(ids)
 
-    def merge(self, decoded: Sequence[DecodedChunk], audio_seconds: float) -> Transcription:
-        """Join overlapping windows into one transcript with whole-file timestamps."""
-        tok = self.loaded.tokenizer
-        windows = [(d.chunk, parse_segments(d.tokens, d.chunk, self._timestamp_begin, TIME_PRECISION)) for d in decoded]
-        segments = []
-        for raw in merge_windows(windows):
-            text = tok.decode(list(raw.tokens), skip_special_tokens=True)
-            if not text.strip():
-                continue
-            start = round(min(max(raw.start, 0.0), audio_seconds), 3)
-            end = round(min(max(raw.end, start), audio_seconds), 3)
-            segments.append(Segment(start, end, text))
-        text = "".join(s.text for s in segments).strip()
-        return Transcription(text=text, segments=segments, audio_seconds=audio_seconds)
+    def parse(self, decoded: DecodedChunk) -> list[RawSegment]:
+        """One window's tokens as timed segments (whole-file seconds)."""
+        return parse_segments(decoded.tokens, decoded.chunk, self._timestamp_begin, TIME_PRECISION)
+
+    def to_segment(self, raw: RawSegment, audio_seconds: float) -> Segment | None:
+        """Decode a merged segment's text and clamp its times to the audio; None if silent."""
+        text = self.loaded.tokenizer.decode(list(raw.tokens), skip_special_tokens=True)
+        if not text.strip():
+            return None
+        start = round(min(max(raw.start, 0.0), audio_seconds), 3)
+        end = round(min(max(raw.end, start), audio_seconds), 3)
+        return Segment(start, end, text)
