@@ -8,9 +8,10 @@ from app.inference.whisper import Segment, Transcription
 
 
 class FakeEngine:
-    def __init__(self, ready: bool = True) -> None:
+    def __init__(self, ready: bool = True, fail_after: int | None = None) -> None:
         self.state = EngineState.READY if ready else EngineState.LOADING
         self.calls = 0
+        self.fail_after = fail_after  # raise after yielding this many segments
 
     @property
     def ready(self) -> bool:
@@ -23,11 +24,19 @@ class FakeEngine:
     def start(self) -> None:
         pass
 
-    def transcribe(self, audio) -> Transcription:
+    def stream(self, audio, *, progressive: bool = False):
+        """One segment per started second: " second 0", " second 1", ..."""
         self.calls += 1
         seconds = audio.shape[0] / SAMPLE_RATE
+        for i in range(int(seconds) + (seconds % 1 > 0)):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise RuntimeError("simulated model failure")
+            yield Segment(float(i), min(i + 1.0, round(seconds, 3)), f" second {i}")
+
+    def transcribe(self, audio) -> Transcription:
+        segments = list(self.stream(audio))
         return Transcription(
-            text=f"{seconds:.1f} seconds",
-            segments=[Segment(0.0, round(seconds, 3), f" {seconds:.1f} seconds")],
-            audio_seconds=seconds,
+            text="".join(s.text for s in segments).strip(),
+            segments=segments,
+            audio_seconds=audio.shape[0] / SAMPLE_RATE,
         )

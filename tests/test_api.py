@@ -1,5 +1,7 @@
 """API layer with a fake engine: routing, validation, error envelope, OpenAPI."""
 
+import json
+
 import pytest
 
 from app import create_app
@@ -55,7 +57,7 @@ def test_raw_upload_returns_text_chunks_and_headers(client, sentence_wav):
     r = client.post("/asr", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
     assert r.status_code == 200
     body = r.get_json()
-    assert body["text"].endswith("seconds")
+    assert body["text"].startswith("second 0")
     assert body["chunks"][0]["timestamp"][0] == 0.0
     for header in ("X-Processing-Time", "X-Audio-Length", "X-Realtime-Factor"):
         assert float(r.headers[header]) >= 0
@@ -132,3 +134,41 @@ def test_openapi_describes_every_route_and_docs_render(client):
     assert "200" in spec["paths"]["/hc"]["get"]["responses"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and b"swagger" in docs.data.lower()
+
+
+def _ndjson(response) -> list[dict]:
+    return [json.loads(line) for line in response.get_data(as_text=True).splitlines()]
+
+
+@pytest.mark.parametrize("flag", ["1", "true", "True", "yes"])
+def test_stream_returns_ndjson_chunks_then_done(client, sentence_wav, flag):
+    r = client.post(f"/asr?stream={flag}", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
+    assert r.status_code == 200 and r.mimetype == "application/x-ndjson"
+    lines = _ndjson(r)
+    chunks, done = lines[:-1], lines[-1]
+    assert len(chunks) >= 2 and all(set(c) == {"timestamp", "text"} for c in chunks)
+    assert done["done"] is True
+    assert done["text"] == "".join(c["text"] for c in chunks).strip()
+    assert done["model_id"] == "fake/whisper" and done["audio_length"] > 0
+    plain = client.post("/asr", data=sentence_wav.read_bytes(), content_type="application/octet-stream").get_json()
+    assert plain["text"] == done["text"] and plain["chunks"] == chunks
+
+
+def test_stream_error_after_start_is_a_final_error_line(tmp_path, sentence_wav):
+    client = create_app(Settings(cache_dir=tmp_path), FakeEngine(fail_after=1)).test_client()
+    r = client.post("/asr?stream=1", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
+    lines = _ndjson(r)
+    assert lines[0]["text"] == " second 0"
+    assert lines[-1]["error"]["code"] == "internal_error"
+    assert "simulated" not in r.get_data(as_text=True)
+
+
+def test_stream_errors_before_start_are_plain_http_errors(client):
+    assert_envelope(client.post("/asr?stream=1", data=b"junk", content_type="application/octet-stream"), 415)
+
+
+def test_stream_with_json_url_and_invalid_flag(client, tmp_path, sentence_wav):
+    (tmp_path / "a.wav").write_bytes(sentence_wav.read_bytes())
+    r = client.post("/asr?stream=1", json={"url": str(tmp_path / "a.wav")})
+    assert _ndjson(r)[-1]["done"] is True
+    assert_envelope(client.post("/asr?stream=maybe", json={"url": str(tmp_path / "a.wav")}), 422)

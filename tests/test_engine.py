@@ -48,3 +48,40 @@ def test_multi_window_file_loses_and_doubles_nothing_at_borders(engine, passage_
 def test_silence_transcribes_to_little_or_nothing(engine):
     result = engine.transcribe(np.zeros(5 * SAMPLE_RATE, dtype=np.float32))
     assert len(result.text.split()) <= 3
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_text(engine, speech_dir):
+    import gevent
+
+    from tests.speech import speak
+
+    texts = [
+        "The keeper lived alone in a small stone cottage beside the tower.",
+        "Engineers arrived on a gray morning with crates of cables and batteries.",
+        "A small fishing boat was still at sea.",
+        "The next morning the fishermen carried the keeper back to the village.",
+    ]
+    audios = [
+        decode_audio(speak(t, speech_dir / f"concurrent{i}.wav").read_bytes(), max_seconds=60)
+        for i, t in enumerate(texts)
+    ]
+    before = engine.batcher.stats.multi_request_batches
+    jobs = [gevent.spawn(engine.transcribe, a) for a in audios]
+    gevent.joinall(jobs, raise_error=True)
+    assert engine.batcher.stats.multi_request_batches > before  # one batch held several requests
+    for text, job in zip(texts, jobs, strict=True):
+        got = job.value.text
+        assert wer(text, got) < 0.4, (text, got)
+        assert min(texts, key=lambda t: wer(t, got)) == text  # its own sentence, nobody else's
+
+
+def test_closing_a_stream_early_drops_its_queued_windows(engine, passage_wav):
+    audio = decode_audio(passage_wav.read_bytes(), max_seconds=600)
+    chunks_before = engine.batcher.stats.chunks
+    stream = engine.stream(audio, progressive=True)
+    first = next(stream)
+    assert first.text.strip()
+    stream.close()  # what the HTTP layer does when the client hangs up
+    assert engine.batcher.queue.pending == 0
+    ran = engine.batcher.stats.chunks - chunks_before
+    assert ran < len(engine.chunks_for(audio))  # the later windows never reached the model

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from flask import current_app, jsonify, request
+from flask import Response, current_app, jsonify, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
 
 from app import __version__
-from app.api.schemas import AsrResponse, AsrUrlRequest, ErrorResponse, HealthResponse
-from app.audio.decode import decode_audio
+from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse, HealthResponse, StreamDone
+from app.audio.decode import SAMPLE_RATE, decode_audio
 from app.audio.fetch import fetch_url, read_local_file
 from app.audio.limits import read_body_capped
-from app.errors import BadRequest, InvalidField, ServiceUnavailable
+from app.errors import ApiError, BadRequest, InvalidField, ServiceUnavailable
 from app.inference.engine import Engine
 from app.settings import Settings
 from app.threads import run_blocking
 
+log = logging.getLogger(__name__)
 blp = Blueprint("asr", __name__, description="Speech recognition")
 
 MAX_JSON_BYTES = 64 * 1024
@@ -102,10 +105,11 @@ class Asr(MethodView):
             },
         }
     )
+    @blp.arguments(AsrQuery, location="query", as_kwargs=True)
     @blp.response(
         200,
         AsrResponse,
-        description="The transcript.",
+        description="The transcript (or, with `?stream=1`, NDJSON lines: chunks, then the final line).",
         headers={
             "X-Processing-Time": {"description": "Seconds spent on this request", "schema": {"type": "number"}},
             "X-Audio-Length": {"description": "Audio duration in seconds", "schema": {"type": "number"}},
@@ -123,7 +127,17 @@ class Asr(MethodView):
     @blp.alt_response(502, schema=ErrorResponse, description="The audio URL failed.")
     @blp.alt_response(503, schema=ErrorResponse, description="Model still loading.")
     @blp.alt_response(504, schema=ErrorResponse, description="The audio URL timed out.")
-    def post(self):
+    @blp.alt_response(
+        200,
+        schema=StreamDone,
+        content_type="application/x-ndjson",
+        description=(
+            "The transcript as JSON; with `?stream=1`, NDJSON: one TimedChunk object per line as soon as it is "
+            "final, then the StreamDone line."
+        ),
+        success=True,
+    )
+    def post(self, stream: bool = False):
         """Transcribe audio given as a URL, a local path, or the raw request body."""
         engine = _engine()
         settings = _settings()
@@ -135,6 +149,8 @@ class Asr(MethodView):
             decode_audio, data, max_seconds=settings.max_audio_seconds, timeout_s=settings.decode_timeout_s
         )
         del data
+        if stream:
+            return _ndjson_response(engine, audio, started)
         result = engine.transcribe(audio)
         elapsed = time.perf_counter() - started
         return result.to_dict(), 200, _timing_headers(engine, result.audio_seconds, elapsed)
@@ -149,3 +165,47 @@ def _timing_headers(engine: Engine, audio_seconds: float, elapsed: float) -> dic
         "X-Model-ID": info["model_id"],
         "X-GPU-Name": info["device_name"],
     }
+
+
+def _ndjson_response(engine: Engine, audio, started: float) -> Response:
+    audio_seconds = audio.shape[0] / SAMPLE_RATE
+    info = engine.info
+
+    def lines() -> Iterator[str]:
+        texts: list[str] = []
+        try:
+            for segment in engine.stream(audio, progressive=True):
+                texts.append(segment.text)
+                yield json.dumps(segment.to_dict()) + "\n"
+        except ApiError as exc:
+            yield json.dumps(exc.to_dict()) + "\n"
+            return
+        except Exception:  # never a silent truncation: the client gets a last error line
+            log.exception("streaming transcription failed")
+            err = ApiError("The server failed while transcribing.", code="internal_error")
+            err.status = 500
+            yield json.dumps(err.to_dict()) + "\n"
+            return
+        elapsed = time.perf_counter() - started
+        yield (
+            json.dumps(
+                {
+                    "done": True,
+                    "text": "".join(texts).strip(),
+                    "audio_length": round(audio_seconds, 3),
+                    "processing_time": round(elapsed, 3),
+                    "realtime_factor": round(audio_seconds / elapsed, 2) if elapsed > 0 else 0.0,
+                    "model_id": info["model_id"],
+                    "device": info["device_name"],
+                }
+            )
+            + "\n"
+        )
+
+    response = Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+    response.headers["X-Audio-Length"] = f"{audio_seconds:.3f}"
+    response.headers["X-Model-ID"] = info["model_id"]
+    response.headers["X-GPU-Name"] = info["device_name"]
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # tell nginx-style proxies not to buffer the stream
+    return response

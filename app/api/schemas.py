@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 
 class AsrUrlRequest(Schema):
@@ -14,6 +14,32 @@ class AsrUrlRequest(Schema):
             "example": "https://example.com/audio.mp3",
         },
     )
+
+
+class AsrQuery(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    stream = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": (
+                "`1`/`true`: respond with `application/x-ndjson`, one line per timed chunk as soon as it is final, "
+                'then a last line `{"done": true, "text": ...}` with the full text and timing; an error after '
+                'streaming began arrives as a last `{"error": {...}}` line.'
+            )
+        },
+    )
+
+
+class StreamDone(Schema):
+    done = fields.Boolean(metadata={"example": True})
+    text = fields.String()
+    audio_length = fields.Float(metadata={"description": "seconds"})
+    processing_time = fields.Float(metadata={"description": "seconds"})
+    realtime_factor = fields.Float()
+    model_id = fields.String()
+    device = fields.String()
 
 
 class TimedChunk(Schema):

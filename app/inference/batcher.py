@@ -35,17 +35,27 @@ class Job:
 
 
 class Ticket:
-    """A request's handle on its queued windows; cancel() drops those not yet run."""
+    """A request's handle on its queued windows; cancel() drops those not yet run.
+
+    ``ramp``: a streaming request wants its first window back fast, so it gets at most
+    one window in its first batch, two in the next, then four... (a plain request gets
+    as many as fit, which is fastest overall).
+    """
 
     _ids = itertools.count()
 
-    def __init__(self) -> None:
+    def __init__(self, *, ramp: bool = False) -> None:
         self.id = next(self._ids)
         self.cancelled = False
         self.jobs: list[Job] = []
+        self.quota: int | None = 1 if ramp else None
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def ran_batch(self) -> None:
+        if self.quota is not None:
+            self.quota *= 2
 
 
 class FairQueue:
@@ -63,23 +73,47 @@ class FairQueue:
         self.pending += len(jobs)
         self._nonempty.set()
 
+    def drop(self, ticket: Ticket) -> int:
+        """Forget every queued job of ``ticket``; returns how many were dropped."""
+        lane = self._lanes.pop(ticket.id, None)
+        if not lane:
+            return 0
+        self.pending -= len(lane)
+        if not self._lanes:
+            self._nonempty.clear()
+        return len(lane)
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._nonempty.wait(timeout)
 
-    def take(self, n: int) -> list[Job]:
-        """Up to ``n`` jobs, one per request in turn; cancelled requests' jobs are dropped."""
+    def take(self, n: int, taken: Counter | None = None) -> list[Job]:
+        """Up to ``n`` jobs, one per request in turn; cancelled requests' jobs are dropped.
+
+        ``taken`` counts, per request, the jobs already in the batch being formed, so
+        that a request's quota holds across several ``take`` calls for one batch.
+        """
+        taken = Counter() if taken is None else taken
         out: list[Job] = []
-        while len(out) < n and self._lanes:
+        progress = True
+        while len(out) < n and progress:
+            progress = False
             for key in list(self._lanes):
                 lane = self._lanes[key]
                 while lane and lane[0].owner.cancelled:
-                    lane.popleft().result.set_exception(gevent.GreenletExit("cancelled"))
+                    lane.popleft()
                     self.pending -= 1
-                if lane and len(out) < n:
-                    out.append(lane.popleft())
-                    self.pending -= 1
-                    # move this lane to the back so the next take() starts with the next request
-                    self._lanes.move_to_end(key)
+                if not lane:
+                    del self._lanes[key]
+                    continue
+                quota = lane[0].owner.quota
+                if len(out) >= n or (quota is not None and taken[key] >= quota):
+                    continue
+                out.append(lane.popleft())
+                self.pending -= 1
+                taken[key] += 1
+                progress = True
+                # move this lane to the back so the next pick starts with the next request
+                self._lanes.move_to_end(key)
                 if not lane:
                     del self._lanes[key]
         if not self._lanes:
@@ -133,6 +167,11 @@ class Batcher:
         self.queue.put_many(ticket, jobs)
         return jobs
 
+    def cancel(self, ticket: Ticket) -> None:
+        """Drop a request's windows that have not reached the model (client went away)."""
+        ticket.cancel()
+        self.queue.drop(ticket)
+
     def run_sync(self, payloads: list[Any]) -> list[Any]:
         """Run one batch on the model thread right now (warm-up), bypassing the queue."""
         return self._pool.apply(self._run_batch, (payloads,))
@@ -140,15 +179,21 @@ class Batcher:
     def _serve(self) -> None:
         while True:
             self.queue.wait()
-            batch = self.queue.take(self.max_batch_size)
+            taken: Counter = Counter()
+            batch = self.queue.take(self.max_batch_size, taken)
             deadline = time.monotonic() + self.max_wait_s
             while len(batch) < self.max_batch_size:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self.queue.wait(remaining):
                     break
-                batch.extend(self.queue.take(self.max_batch_size - len(batch)))
+                more = self.queue.take(self.max_batch_size - len(batch), taken)
+                if not more:  # only quota-limited work left: run what we have
+                    break
+                batch.extend(more)
             if batch:
                 self._execute(batch)
+                for owner in {id(j.owner): j.owner for j in batch}.values():
+                    owner.ran_batch()
 
     def _execute(self, batch: list[Job]) -> None:
         started = time.monotonic()

@@ -112,19 +112,20 @@ class Engine:
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
 
-    def stream(self, audio: np.ndarray) -> Iterator[Segment]:
+    def stream(self, audio: np.ndarray, *, progressive: bool = False) -> Iterator[Segment]:
         """Yield segments in audio order as soon as they are final.
 
         Windows of this request go into the shared batcher at once; as each one's
         result arrives (in order) it is merged, and every segment that no later
         window can change is yielded. Closing the generator early (a client that hung
-        up) cancels the windows not yet run.
+        up) cancels the windows not yet run. ``progressive`` puts the first window in a
+        batch of its own (then 2, 4, ...) so the first segment comes back quickly.
         """
         if not self.ready or self.batcher is None or self.runner is None:
             raise RuntimeError("engine is not ready")
         runner = self.runner
         audio_seconds = audio.shape[0] / SAMPLE_RATE
-        ticket = Ticket()
+        ticket = Ticket(ramp=progressive)
         jobs = self.batcher.submit(ticket, self.chunks_for(audio))
         merger = WindowMerger()
         emitted = 0
@@ -139,7 +140,7 @@ class Engine:
                         yield segment
                 emitted = max(emitted, stable)
         finally:
-            ticket.cancel()  # frees queued windows of a request that stopped early
+            self.batcher.cancel(ticket)  # frees queued windows of a request that stopped early
 
     def transcribe(self, audio: np.ndarray) -> Transcription:
         """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
