@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         5.0, ge=0, le=1000, description="How long the batcher waits for more chunks before running a partial batch."
     )
 
+    max_queued_windows: int = Field(
+        256,
+        ge=1,
+        description=(
+            "Backpressure: most 30 s windows waiting for the model. A request that would go past it gets 429 "
+            "with Retry-After at once instead of waiting (a single request may exceed it when nothing is queued)."
+        ),
+    )
+
     # --- audio intake -------------------------------------------------------------
     max_upload_bytes: int = Field(200 * 1024 * 1024, ge=1, description="Largest request body or download, bytes.")
     max_audio_seconds: float = Field(4 * 3600, gt=0, description="Longest audio accepted, seconds.")
@@ -73,6 +82,10 @@ class Settings(BaseSettings):
             "e.g. `10.0.0.0/8`. Empty: only public addresses."
         ),
     )
+    upload_timeout_s: float = Field(
+        300.0, gt=0, description="Longest time a client may take to send its request body (408 after)."
+    )
+    fetch_timeout_s: float = Field(300.0, gt=0, description="Longest total time to download an audio URL (504 after).")
     decode_timeout_s: float = Field(300.0, gt=0, description="Longest time ffmpeg may take to decode one input.")
 
     @field_validator("url_allowed_networks", mode="before")

@@ -6,8 +6,10 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import gevent
 from flask import Response, current_app, jsonify, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -18,7 +20,7 @@ from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse,
 from app.audio.decode import SAMPLE_RATE, decode_audio
 from app.audio.fetch import fetch_url, read_local_file
 from app.audio.limits import read_body_capped
-from app.errors import ApiError, BadRequest, InvalidField, ServiceUnavailable
+from app.errors import ApiError, BadRequest, InvalidField, RequestTimeout, ServiceUnavailable, UpstreamTimeout
 from app.inference.engine import Engine
 from app.settings import Settings
 from app.threads import run_blocking
@@ -59,11 +61,32 @@ class Health(MethodView):
         }
 
 
+@contextmanager
+def _deadline(seconds: float, error: ApiError):
+    """Raise ``error`` if the block (cooperative I/O on this greenlet) takes longer than ``seconds``."""
+    timeout = gevent.Timeout(seconds)
+    timeout.start()
+    try:
+        yield
+    except gevent.Timeout as exc:
+        if exc is not timeout:
+            raise
+        raise error from None
+    finally:
+        timeout.close()
+
+
+def _read_body(settings: Settings, max_bytes: int) -> bytes:
+    limit = settings.upload_timeout_s
+    with _deadline(limit, RequestTimeout(f"The request body did not arrive within {limit:g} seconds.")):
+        return read_body_capped(request.stream, content_length=request.content_length, max_bytes=max_bytes)
+
+
 def _audio_bytes_from_request(settings: Settings) -> bytes:
     """The audio bytes, wherever the client put them (JSON url/path, multipart file, raw body)."""
     mimetype = request.mimetype or ""
     if mimetype == "application/json" or mimetype.endswith("+json"):
-        raw = read_body_capped(request.stream, content_length=request.content_length, max_bytes=MAX_JSON_BYTES)
+        raw = _read_body(settings, MAX_JSON_BYTES)
         try:
             payload = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -75,14 +98,17 @@ def _audio_bytes_from_request(settings: Settings) -> bytes:
         except ValidationError as exc:
             raise InvalidField(f"Invalid request body: {exc.messages}") from None
         if "://" in url:
-            return fetch_url(url, settings)
+            limit = settings.fetch_timeout_s
+            with _deadline(limit, UpstreamTimeout(f"Downloading the audio URL took longer than {limit:g} seconds.")):
+                return fetch_url(url, settings)
         return run_blocking(read_local_file, url, settings)
     if mimetype == "multipart/form-data":
-        upload = request.files.get("file")
+        with _deadline(settings.upload_timeout_s, RequestTimeout("The upload did not arrive in time.")):
+            upload = request.files.get("file")
         if upload is None:
             raise InvalidField('multipart/form-data requests need the audio in a field named "file".')
         return upload.read()
-    return read_body_capped(request.stream, content_length=request.content_length, max_bytes=settings.max_upload_bytes)
+    return _read_body(settings, settings.max_upload_bytes)
 
 
 @blp.route("/asr")
@@ -125,6 +151,8 @@ class Asr(MethodView):
     @blp.alt_response(415, schema=ErrorResponse, description="Not decodable audio.")
     @blp.alt_response(422, schema=ErrorResponse, description="Invalid field.")
     @blp.alt_response(502, schema=ErrorResponse, description="The audio URL failed.")
+    @blp.alt_response(408, schema=ErrorResponse, description="The request body did not arrive in time.")
+    @blp.alt_response(429, schema=ErrorResponse, description="Queue full; retry after `Retry-After` seconds.")
     @blp.alt_response(503, schema=ErrorResponse, description="Model still loading.")
     @blp.alt_response(504, schema=ErrorResponse, description="The audio URL timed out.")
     @blp.alt_response(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -166,6 +167,13 @@ class Batcher:
         ticket.jobs.extend(jobs)
         self.queue.put_many(ticket, jobs)
         return jobs
+
+    def estimated_wait_s(self, windows: int) -> float:
+        """Rough time to get through ``windows`` queued windows at the throughput seen so far."""
+        if not self.stats.batches or self.stats.busy_seconds <= 0:
+            return 1.0
+        per_batch = self.stats.busy_seconds / self.stats.batches
+        return max(1.0, per_batch * math.ceil(windows / self.max_batch_size))
 
     def cancel(self, ticket: Ticket) -> None:
         """Drop a request's windows that have not reached the model (client went away)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,7 +22,8 @@ from typing import Any
 import gevent
 import numpy as np
 
-from app.inference.batcher import Batcher, Ticket
+from app.errors import TooManyRequests
+from app.inference.batcher import Batcher, Job, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
 from app.inference.merge import WindowMerger
 from app.inference.whisper import DecodedChunk, Segment, Transcription, WhisperRunner
@@ -113,20 +115,37 @@ class Engine:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
 
     def stream(self, audio: np.ndarray, *, progressive: bool = False) -> Iterator[Segment]:
-        """Yield segments in audio order as soon as they are final.
+        """Queue the audio's windows now; return an iterator of its segments in order.
 
-        Windows of this request go into the shared batcher at once; as each one's
-        result arrives (in order) it is merged, and every segment that no later
-        window can change is yielded. Closing the generator early (a client that hung
+        Admission is decided here, before anything is sent to the client: a full queue
+        raises :class:`~app.errors.TooManyRequests` (429 with Retry-After) at once.
+        As each window's result arrives it is merged, and every segment that no later
+        window can change is yielded. Closing the iterator early (a client that hung
         up) cancels the windows not yet run. ``progressive`` puts the first window in a
         batch of its own (then 2, 4, ...) so the first segment comes back quickly.
         """
         if not self.ready or self.batcher is None or self.runner is None:
             raise RuntimeError("engine is not ready")
-        runner = self.runner
-        audio_seconds = audio.shape[0] / SAMPLE_RATE
+        chunks = self.chunks_for(audio)
+        self._admit(len(chunks))
         ticket = Ticket(ramp=progressive)
-        jobs = self.batcher.submit(ticket, self.chunks_for(audio))
+        jobs = self.batcher.submit(ticket, chunks)
+        return self._segments(ticket, jobs, audio.shape[0] / SAMPLE_RATE)
+
+    def _admit(self, windows: int) -> None:
+        assert self.batcher is not None
+        pending = self.batcher.queue.pending
+        limit = self.settings.max_queued_windows
+        # A request bigger than the whole queue may still run alone, when nothing waits.
+        if pending and pending + windows > limit:
+            raise TooManyRequests(
+                f"The server is busy ({pending} audio windows queued, limit {limit}); retry later.",
+                retry_after=math.ceil(self.batcher.estimated_wait_s(pending + windows)),
+            )
+
+    def _segments(self, ticket: Ticket, jobs: list[Job], audio_seconds: float) -> Iterator[Segment]:
+        assert self.batcher is not None and self.runner is not None
+        runner = self.runner
         merger = WindowMerger()
         emitted = 0
         try:
