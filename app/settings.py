@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="`auto`: float16 on CUDA, float32 on CPU."
     )
+    decoder: Literal["lean", "generate"] = Field(
+        "lean",
+        description=(
+            "`lean`: this server's greedy loop (static KV cache, cross-attention keys computed once, timestamp "
+            "rules as tensor ops); `generate`: transformers' generate(). Multilingual models use generate()."
+        ),
+    )
     cpu_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default (all cores).")
 
     # --- chunked pipeline ---------------------------------------------------------

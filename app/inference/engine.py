@@ -77,7 +77,9 @@ class Engine:
         try:
             # Loading and conversion are CPU/IO heavy: keep them off the hub.
             loaded = gevent.get_hub().threadpool.apply(load_model, (self.settings,))
-            self.runner = WhisperRunner(loaded, max_new_tokens=self.settings.max_new_tokens)
+            self.runner = WhisperRunner(
+                loaded, max_new_tokens=self.settings.max_new_tokens, decoder=self.settings.decoder
+            )
             self.batcher = Batcher(
                 self._run_batch,
                 max_batch_size=self.settings.batch_size,
@@ -89,6 +91,7 @@ class Engine:
                 "device_name": loaded.device_name,
                 "dtype": str(loaded.dtype).removeprefix("torch."),
                 "attention": loaded.attn_implementation,
+                "decoder": self.runner.decoder_name,
             }
             # Warm-up: one real batch through features + generate (allocations, kernels).
             self.batcher.run_sync(self.chunks_for(np.zeros(SAMPLE_RATE, dtype=np.float32)))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.inference.chunking import SAMPLE_RATE, Chunk
+from app.inference.decoding import DecodingRules, GreedyDecoder
 from app.inference.merge import RawSegment, parse_segments
 from app.inference.model_loader import LoadedModel
 
@@ -50,13 +51,23 @@ class DecodedChunk:
 
 
 class WhisperRunner:
-    def __init__(self, loaded: LoadedModel, *, max_new_tokens: int):
+    def __init__(self, loaded: LoadedModel, *, max_new_tokens: int, decoder: str = "lean"):
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
         self._lock = threading.Lock()
         tok = loaded.tokenizer
         self._eot = tok.convert_tokens_to_ids("<|endoftext|>")
         self._timestamp_begin = tok.convert_tokens_to_ids("<|notimestamps|>") + 1
+        gen = loaded.model.generation_config
+        # The lean loop has no language detection: multilingual checkpoints use generate().
+        self._lean: GreedyDecoder | None = None
+        if decoder == "lean" and not getattr(gen, "is_multilingual", False):
+            self._lean = GreedyDecoder(loaded.model, DecodingRules.from_generation_config(gen))
+        self._prompt = [int(gen.decoder_start_token_id)]
+
+    @property
+    def decoder_name(self) -> str:
+        return "lean" if self._lean is not None else "generate"
 
     def generate(self, audios: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
         """Token ids (with timestamp tokens) for each <= 30 s window in ``audios``."""
@@ -67,6 +78,8 @@ class WhisperRunner:
             list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=False
         ).input_features.to(lm.device, lm.dtype)
         with self._lock, torch.inference_mode():
+            if self._lean is not None:
+                return [self._strip(row) for row in self._lean(features, self._prompt, self.max_new_tokens)]
             out = lm.model.generate(features, return_timestamps=True, max_new_tokens=self.max_new_tokens)
         sequences = out["sequences"] if isinstance(out, dict) else out
         return [self._strip(row.tolist()) for row in sequences.cpu()]

@@ -1,0 +1,176 @@
+"""A lean greedy decoding loop for Whisper, with OpenAI's timestamp rules as tensor ops.
+
+transformers' ``generate`` spends most of its time on CPU in per-step bookkeeping
+(logits-processor objects, dynamic caches, stopping criteria), not arithmetic. This loop
+runs the same :class:`~transformers.WhisperForConditionalGeneration` weights with:
+
+- the encoder once per batch and each layer's cross-attention keys/values computed once;
+- a preallocated (static) self-attention KV cache;
+- fused q/k/v projections for the self-attention;
+- the suppression and timestamp rules of OpenAI's decoder (the ones transformers'
+  ``WhisperTimeStampLogitsProcessor`` copies) applied to the whole batch with masks.
+
+It is greedy (temperature 0, like the reference server's defaults) and returns, for each
+window, the generated token ids with timestamp tokens, the same shape ``generate`` gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class DecodingRules:
+    eot: int
+    timestamp_begin: int
+    no_timestamps: int
+    suppress: tuple[int, ...]
+    begin_suppress: tuple[int, ...]
+    max_initial_timestamp_index: int | None
+
+    @classmethod
+    def from_generation_config(cls, gen) -> DecodingRules:
+        return cls(
+            eot=int(gen.eos_token_id),
+            timestamp_begin=int(gen.no_timestamps_token_id) + 1,
+            no_timestamps=int(gen.no_timestamps_token_id),
+            suppress=tuple(gen.suppress_tokens or ()),
+            begin_suppress=tuple(gen.begin_suppress_tokens or ()),
+            max_initial_timestamp_index=getattr(gen, "max_initial_timestamp_index", None),
+        )
+
+
+class GreedyDecoder:
+    def __init__(self, model, rules: DecodingRules) -> None:
+        self.model = model
+        self.rules = rules
+        decoder = model.model.decoder
+        self.layers = decoder.layers
+        self.embed_tokens = decoder.embed_tokens
+        self.embed_positions = decoder.embed_positions.weight
+        self.final_norm = decoder.layer_norm
+        self.max_positions = self.embed_positions.shape[0]
+        self.heads = self.layers[0].self_attn.num_heads
+        # fused self-attention projection: one matmul instead of three (k has no bias)
+        self._qkv = []
+        for layer in self.layers:
+            attn = layer.self_attn
+            weight = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            bias = torch.cat([attn.q_proj.bias, torch.zeros_like(attn.q_proj.bias), attn.v_proj.bias])
+            self._qkv.append((weight, bias))
+        vocab = self.embed_tokens.weight.shape[0]
+        device = self.embed_tokens.weight.device
+        self._static_mask = torch.zeros(vocab, dtype=torch.bool, device=device)
+        self._static_mask[[*rules.suppress, rules.no_timestamps]] = True
+        self._first_mask = torch.ones(vocab, dtype=torch.bool, device=device)
+        last_initial = (
+            vocab
+            if rules.max_initial_timestamp_index is None
+            else rules.timestamp_begin + rules.max_initial_timestamp_index + 1
+        )
+        self._first_mask[rules.timestamp_begin : last_initial] = False  # must start with an early timestamp
+        self._vocab_ids = torch.arange(vocab, device=device)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, -1).transpose(1, 2)
+
+    @torch.inference_mode()
+    def __call__(self, input_features: torch.Tensor, prompt: list[int], max_new_tokens: int) -> list[list[int]]:
+        rules = self.rules
+        encoder_out = self.model.model.encoder(input_features).last_hidden_state
+        batch = encoder_out.shape[0]
+        device, dtype = encoder_out.device, encoder_out.dtype
+        total = min(len(prompt) + max_new_tokens, self.max_positions)
+        cross = []
+        caches = []
+        for layer in self.layers:
+            attn = layer.encoder_attn
+            # keys pre-transposed and pre-scaled: cross-attention is then two plain batched matmuls
+            scale = attn.head_dim**-0.5
+            keys_t = (self._split_heads(attn.k_proj(encoder_out)) * scale).transpose(-1, -2).contiguous()
+            cross.append((keys_t, self._split_heads(attn.v_proj(encoder_out)).contiguous()))
+            shape = (batch, self.heads, total, cross[-1][1].shape[-1])
+            caches.append(tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2)))
+
+        tokens = torch.tensor([prompt] * batch, device=device)
+        logits = self._step(tokens, 0, cross, caches)
+        pos = len(prompt)
+        out = torch.empty((batch, 0), dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        last_ts = torch.ones(batch, dtype=torch.bool, device=device)  # "fewer than two tokens" counts as pairs
+        penult_ts = torch.ones(batch, dtype=torch.bool, device=device)
+        max_ts = torch.full((batch,), -1, dtype=torch.long, device=device)
+        for step in range(total - len(prompt)):
+            scores = logits.float()
+            scores.masked_fill_(self._static_mask, NEG_INF)
+            if step == 0:
+                scores[:, list(rules.begin_suppress)] = NEG_INF
+                scores.masked_fill_(self._first_mask, NEG_INF)
+            else:
+                # timestamps come in pairs, except right before <|endoftext|>
+                scores[last_ts & penult_ts, rules.timestamp_begin :] = NEG_INF
+                scores[last_ts & ~penult_ts, : rules.eot] = NEG_INF
+                # timestamps never decrease (and a start repeats the previous end at most)
+                floor = torch.where(last_ts & ~penult_ts, max_ts, max_ts + 1)
+                floor = torch.where(max_ts >= 0, floor, rules.timestamp_begin)
+                scores.masked_fill_(
+                    (self._vocab_ids >= rules.timestamp_begin) & (self._vocab_ids < floor.unsqueeze(1)), NEG_INF
+                )
+            # when all timestamps together are likelier than any one text token, emit a timestamp
+            logprobs = F.log_softmax(scores, dim=-1)
+            ts_mass = logprobs[:, rules.timestamp_begin :].logsumexp(dim=-1)
+            best_text = logprobs[:, : rules.timestamp_begin].max(dim=-1).values
+            scores[ts_mass > best_text, : rules.timestamp_begin] = NEG_INF
+
+            next_tokens = scores.argmax(dim=-1)
+            next_tokens = torch.where(finished, rules.eot, next_tokens)
+            out = torch.cat([out, next_tokens.unsqueeze(1)], dim=1)
+            finished |= next_tokens == rules.eot
+            if bool(finished.all()):
+                break
+            is_ts = next_tokens >= rules.timestamp_begin
+            penult_ts = last_ts
+            last_ts = is_ts
+            max_ts = torch.where(is_ts, next_tokens, max_ts)
+            if pos >= total:
+                break
+            logits = self._step(next_tokens.unsqueeze(1), pos, cross, caches)
+            pos += 1
+
+        return [[t for t in row if t != rules.eot] for row in out.tolist()]
+
+    def _step(self, tokens: torch.Tensor, pos: int, cross, caches) -> torch.Tensor:
+        """Run the decoder on ``tokens`` at positions ``pos...``; logits of the last position."""
+        length = tokens.shape[1]
+        h = self.embed_tokens(tokens) + self.embed_positions[pos : pos + length]
+        end = pos + length
+        for layer, (weight, bias), (ck, cv), (k_cache, v_cache) in zip(
+            self.layers, self._qkv, cross, caches, strict=True
+        ):
+            residual = h
+            x = layer.self_attn_layer_norm(h)
+            q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+            k_cache[:, :, pos:end] = self._split_heads(k)
+            v_cache[:, :, pos:end] = self._split_heads(v)
+            attn = F.scaled_dot_product_attention(
+                self._split_heads(q), k_cache[:, :, :end], v_cache[:, :, :end], is_causal=length > 1 and pos == 0
+            )
+            h = residual + layer.self_attn.out_proj(attn.transpose(1, 2).reshape(h.shape))
+
+            residual = h
+            x = layer.encoder_attn_layer_norm(h)
+            q = self._split_heads(layer.encoder_attn.q_proj(x))
+            attn = torch.matmul(torch.matmul(q, ck).softmax(dim=-1), cv)
+            h = residual + layer.encoder_attn.out_proj(attn.transpose(1, 2).reshape(h.shape))
+
+            residual = h
+            x = layer.final_layer_norm(h)
+            h = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
+        h = self.final_norm(h[:, -1])
+        return self.model.proj_out(h)
