@@ -19,8 +19,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from flask_smorest import Api
 
     from app.api.errors import register_error_handlers
-    from app.api.routes import blp
+    from app.api.routes import blp, register_request_metrics
     from app.inference.engine import Engine
+    from app.metrics import build_registry
     from app.settings import Settings
 
     settings = settings or Settings()
@@ -39,7 +40,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.extensions["asr_settings"] = settings
     app.extensions["asr_engine"] = engine
+    app.extensions["asr_metrics_registry"], app.extensions["asr_metrics"] = build_registry(engine)
     api = Api(app)
     api.register_blueprint(blp)
     register_error_handlers(app)
+    register_request_metrics(app)
     return app

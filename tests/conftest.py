@@ -80,7 +80,7 @@ def start_server(env_overrides: dict[str, str], log_path: Path, local_dir: Path,
             try:
                 if requests.get(server.url + "/hc", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy importing torch
                 pass
             time.sleep(0.25)
         else:

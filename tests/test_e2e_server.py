@@ -143,3 +143,35 @@ def test_stream_sends_first_chunk_early_and_matches_plain_text(live_server, pass
     assert done["text"] == plain["text"]
     assert "".join(c["text"] for c in chunks).strip() == plain["text"]
     assert [c["timestamp"] for c in chunks] == [c["timestamp"] for c in plain["chunks"]]
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def test_metrics_count_known_requests(live_server, sentence_wav):
+    before = requests.get(live_server.url + "/metrics", timeout=5).text
+    data = sentence_wav.read_bytes()
+    for _ in range(2):
+        assert requests.post(live_server.url + "/asr", data=data, timeout=120).status_code == 200
+    assert requests.post(live_server.url + "/asr", data=b"junk", timeout=30).status_code == 415
+    after = requests.get(live_server.url + "/metrics", timeout=5)
+    assert after.headers["Content-Type"].startswith("text/plain")
+    text = after.text
+    ok = 'asr_requests_total{method="POST",route="/asr",status="200"}'
+    bad = 'asr_requests_total{method="POST",route="/asr",status="415"}'
+    assert _metric(text, ok) - (_metric(before, ok) if ok in before else 0) == 2
+    assert _metric(text, bad) - (_metric(before, bad) if bad in before else 0) == 1
+    seconds = float(requests.post(live_server.url + "/asr", data=data, timeout=120).headers["X-Audio-Length"])
+    final = requests.get(live_server.url + "/metrics", timeout=5).text
+    transcribed = _metric(final, "asr_audio_transcribed_seconds_total") - _metric(
+        before, "asr_audio_transcribed_seconds_total"
+    )
+    assert transcribed == pytest.approx(3 * seconds, rel=0.01)
+    assert _metric(final, "asr_ready") == 1.0
+    assert _metric(final, "asr_batch_windows_total") >= _metric(before, "asr_batch_windows_total") + 3
+    assert _metric(final, 'asr_batch_size_bucket{le="+Inf"}') == _metric(final, "asr_batches_total")
+    assert _metric(final, "asr_queue_windows") == 0

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import gevent
-from flask import Response, current_app, jsonify, request, stream_with_context
+from flask import Flask, Response, current_app, g, jsonify, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import ValidationError
@@ -22,6 +22,7 @@ from app.audio.fetch import fetch_url, read_local_file
 from app.audio.limits import read_body_capped
 from app.errors import ApiError, BadRequest, InvalidField, RequestTimeout, ServiceUnavailable, UpstreamTimeout
 from app.inference.engine import Engine
+from app.metrics import HttpMetrics
 from app.settings import Settings
 from app.threads import run_blocking
 
@@ -38,6 +39,36 @@ def _engine() -> Engine:
 
 def _settings() -> Settings:
     return current_app.extensions["asr_settings"]
+
+
+def _metrics() -> HttpMetrics:
+    return current_app.extensions["asr_metrics"]
+
+
+def register_request_metrics(app: Flask) -> None:
+    @app.before_request
+    def _start_timer():
+        g.asr_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics = app.extensions["asr_metrics"]
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        if "asr_started" in g:
+            metrics.latency.labels(route).observe(time.perf_counter() - g.asr_started)
+        return response
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    @blp.response(200, description="Prometheus text format.", content_type="text/plain")
+    def get(self):
+        """Prometheus metrics: requests, audio seconds, realtime factor, queue depth, batch sizes."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = generate_latest(current_app.extensions["asr_metrics_registry"])
+        return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @blp.route("/hc")
@@ -177,10 +208,12 @@ class Asr(MethodView):
             decode_audio, data, max_seconds=settings.max_audio_seconds, timeout_s=settings.decode_timeout_s
         )
         del data
+        _metrics().audio_received.inc(audio.shape[0] / SAMPLE_RATE)
         if stream:
             return _ndjson_response(engine, audio, started)
         result = engine.transcribe(audio)
         elapsed = time.perf_counter() - started
+        _metrics().transcribed(result.audio_seconds, elapsed)
         return result.to_dict(), 200, _timing_headers(engine, result.audio_seconds, elapsed)
 
 
@@ -198,6 +231,7 @@ def _timing_headers(engine: Engine, audio_seconds: float, elapsed: float) -> dic
 def _ndjson_response(engine: Engine, audio, started: float) -> Response:
     audio_seconds = audio.shape[0] / SAMPLE_RATE
     info = engine.info
+    metrics = _metrics()
 
     def lines() -> Iterator[str]:
         texts: list[str] = []
@@ -215,6 +249,7 @@ def _ndjson_response(engine: Engine, audio, started: float) -> Response:
             yield json.dumps(err.to_dict()) + "\n"
             return
         elapsed = time.perf_counter() - started
+        metrics.transcribed(audio_seconds, elapsed)
         yield (
             json.dumps(
                 {
