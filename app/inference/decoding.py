@@ -101,49 +101,60 @@ class GreedyDecoder:
         tokens = torch.tensor([prompt] * batch, device=device)
         logits = self._step(tokens, 0, cross, caches)
         pos = len(prompt)
-        out = torch.empty((batch, 0), dtype=torch.long, device=device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        results: list[list[int]] = [[] for _ in range(batch)]
+        rows = list(range(batch))  # which window each still-active row belongs to
         last_ts = torch.ones(batch, dtype=torch.bool, device=device)  # "fewer than two tokens" counts as pairs
         penult_ts = torch.ones(batch, dtype=torch.bool, device=device)
         max_ts = torch.full((batch,), -1, dtype=torch.long, device=device)
         for step in range(total - len(prompt)):
-            scores = logits.float()
-            scores.masked_fill_(self._static_mask, NEG_INF)
-            if step == 0:
-                scores[:, list(rules.begin_suppress)] = NEG_INF
-                scores.masked_fill_(self._first_mask, NEG_INF)
-            else:
-                # timestamps come in pairs, except right before <|endoftext|>
-                scores[last_ts & penult_ts, rules.timestamp_begin :] = NEG_INF
-                scores[last_ts & ~penult_ts, : rules.eot] = NEG_INF
-                # timestamps never decrease (and a start repeats the previous end at most)
-                floor = torch.where(last_ts & ~penult_ts, max_ts, max_ts + 1)
-                floor = torch.where(max_ts >= 0, floor, rules.timestamp_begin)
-                scores.masked_fill_(
-                    (self._vocab_ids >= rules.timestamp_begin) & (self._vocab_ids < floor.unsqueeze(1)), NEG_INF
-                )
-            # when all timestamps together are likelier than any one text token, emit a timestamp
-            logprobs = F.log_softmax(scores, dim=-1)
-            ts_mass = logprobs[:, rules.timestamp_begin :].logsumexp(dim=-1)
-            best_text = logprobs[:, : rules.timestamp_begin].max(dim=-1).values
-            scores[ts_mass > best_text, : rules.timestamp_begin] = NEG_INF
-
-            next_tokens = scores.argmax(dim=-1)
-            next_tokens = torch.where(finished, rules.eot, next_tokens)
-            out = torch.cat([out, next_tokens.unsqueeze(1)], dim=1)
-            finished |= next_tokens == rules.eot
-            if bool(finished.all()):
+            next_tokens = self._pick(logits, step, last_ts, penult_ts, max_ts)
+            picked = next_tokens.tolist()
+            done = [tok == rules.eot for tok in picked]
+            for row, tok, stop in zip(rows, picked, done, strict=True):
+                if not stop:
+                    results[row].append(tok)
+            if pos >= total or all(done):
                 break
+            if any(done):
+                # drop finished windows from the batch: no more compute is spent on them
+                keep = torch.tensor([not d for d in done], device=device)
+                rows = [r for r, d in zip(rows, done, strict=True) if not d]
+                next_tokens, last_ts, max_ts = next_tokens[keep], last_ts[keep], max_ts[keep]
+                cross = [(k[keep], v[keep]) for k, v in cross]
+                caches = [(k[keep], v[keep]) for k, v in caches]
             is_ts = next_tokens >= rules.timestamp_begin
-            penult_ts = last_ts
-            last_ts = is_ts
+            penult_ts, last_ts = last_ts, is_ts
             max_ts = torch.where(is_ts, next_tokens, max_ts)
-            if pos >= total:
-                break
             logits = self._step(next_tokens.unsqueeze(1), pos, cross, caches)
             pos += 1
+        return results
 
-        return [[t for t in row if t != rules.eot] for row in out.tolist()]
+    def _pick(
+        self, logits: torch.Tensor, step: int, last_ts: torch.Tensor, penult_ts: torch.Tensor, max_ts: torch.Tensor
+    ) -> torch.Tensor:
+        """Greedy choice under Whisper's suppression and timestamp rules, for every row at once."""
+        rules = self.rules
+        scores = logits.float()
+        scores.masked_fill_(self._static_mask, NEG_INF)
+        if step == 0:
+            scores[:, list(rules.begin_suppress)] = NEG_INF
+            scores.masked_fill_(self._first_mask, NEG_INF)
+        else:
+            # timestamps come in pairs, except right before <|endoftext|>
+            scores[last_ts & penult_ts, rules.timestamp_begin :] = NEG_INF
+            scores[last_ts & ~penult_ts, : rules.eot] = NEG_INF
+            # timestamps never decrease (and a start repeats the previous end at most)
+            floor = torch.where(last_ts & ~penult_ts, max_ts, max_ts + 1)
+            floor = torch.where(max_ts >= 0, floor, rules.timestamp_begin)
+            scores.masked_fill_(
+                (self._vocab_ids >= rules.timestamp_begin) & (self._vocab_ids < floor.unsqueeze(1)), NEG_INF
+            )
+        # when all timestamps together are likelier than any one text token, emit a timestamp
+        logprobs = F.log_softmax(scores, dim=-1)
+        ts_mass = logprobs[:, rules.timestamp_begin :].logsumexp(dim=-1)
+        best_text = logprobs[:, : rules.timestamp_begin].max(dim=-1).values
+        scores[ts_mass > best_text, : rules.timestamp_begin] = NEG_INF
+        return scores.argmax(dim=-1)
 
     def _step(self, tokens: torch.Tensor, pos: int, cross, caches) -> torch.Tensor:
         """Run the decoder on ``tokens`` at positions ``pos...``; logits of the last position."""
