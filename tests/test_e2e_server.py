@@ -175,3 +175,22 @@ def test_metrics_count_known_requests(live_server, sentence_wav):
     assert _metric(final, "asr_batch_windows_total") >= _metric(before, "asr_batch_windows_total") + 3
     assert _metric(final, 'asr_batch_size_bucket{le="+Inf"}') == _metric(final, "asr_batches_total")
     assert _metric(final, "asr_queue_windows") == 0
+
+
+def test_client_hanging_up_mid_stream_frees_its_remaining_windows(live_server, passage_wav):
+    windows_total = 5  # the passage is five 30 s windows
+    before = _metric(requests.get(live_server.url + "/metrics", timeout=5).text, "asr_batch_windows_total")
+    with requests.post(live_server.url + "/asr?stream=1", data=passage_wav.read_bytes(), stream=True, timeout=300) as r:
+        first = next(line for line in r.iter_lines() if line)
+        assert json.loads(first)["text"].strip()
+    # connection closed after the first line; the server notices on its next write
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = requests.get(live_server.url + "/metrics", timeout=5).text
+        if _metric(text, "asr_queue_windows") == 0:
+            break
+        time.sleep(0.5)
+    time.sleep(3)  # give a wrongly still-running request time to show up in the counters
+    text = requests.get(live_server.url + "/metrics", timeout=5).text
+    assert _metric(text, "asr_queue_windows") == 0
+    assert _metric(text, "asr_batch_windows_total") - before < windows_total
