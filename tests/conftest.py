@@ -73,20 +73,26 @@ def start_server(env_overrides: dict[str, str], log_path: Path, local_dir: Path,
         )
     server = LiveServer(f"http://127.0.0.1:{port}", proc, log_path, local_dir)
     if wait_ready:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early:\n{server.log()}")
-            try:
-                if requests.get(server.url + "/hc", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or busy importing torch
-                pass
-            time.sleep(0.25)
-        else:
-            stop_server(server)
-            raise RuntimeError(f"server never became ready:\n{server.log()}")
+        try:
+            _wait_ready(server)
+        except BaseException:
+            stop_server(server)  # never leave a server behind
+            raise
     return server
+
+
+def _wait_ready(server: LiveServer) -> None:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"gunicorn exited early:\n{server.log()}")
+        try:
+            if requests.get(server.url + "/hc", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:  # not listening yet, or busy importing torch
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"server never became ready:\n{server.log()}")
 
 
 def stop_server(server: LiveServer) -> None:
