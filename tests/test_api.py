@@ -53,6 +53,15 @@ def test_asr_refuses_work_while_loading(sentence_wav):
     assert r.headers["Retry-After"]
 
 
+def test_failed_model_is_503_with_its_own_code(sentence_wav):
+    engine = FakeEngine(ready=False)
+    engine.state = type(engine.state).FAILED
+    client = create_app(Settings(), engine).test_client()
+    assert client.get("/hc").get_json() == {"status": "failed"}
+    r = client.post("/asr", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
+    assert_envelope(r, 503, "model_unavailable")
+
+
 def test_raw_upload_returns_text_chunks_and_headers(client, sentence_wav):
     r = client.post("/asr", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
     assert r.status_code == 200

@@ -201,6 +201,10 @@ class Asr(MethodView):
         engine = _engine()
         settings = _settings()
         if not engine.ready:
+            if engine.state.value == "failed":
+                raise ServiceUnavailable(
+                    "The model failed to load on this server; see its log.", code="model_unavailable", retry_after=60
+                )
             raise ServiceUnavailable("The model is still loading; retry shortly.", code="loading", retry_after=5)
         started = time.perf_counter()
         data = _audio_bytes_from_request(settings)
