@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Swagger UI's assets are served by this app (swagger-ui-bundle), so /docs works offline.
+        OPENAPI_SWAGGER_UI_URL="/docs/assets/",
         MAX_CONTENT_LENGTH=settings.max_upload_bytes + 1024 * 1024,  # multipart overhead
         JSON_SORT_KEYS=False,
     )
@@ -45,4 +46,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     api.register_blueprint(blp)
     register_error_handlers(app)
     register_request_metrics(app)
+    _serve_swagger_assets(app)
     return app
+
+
+def _serve_swagger_assets(app: Flask) -> None:
+    from flask import send_from_directory
+    from swagger_ui_bundle import swagger_ui_path
+
+    @app.get("/docs/assets/<path:filename>")
+    def swagger_asset(filename: str):
+        return send_from_directory(swagger_ui_path, filename, max_age=86400)

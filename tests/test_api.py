@@ -143,6 +143,13 @@ def test_openapi_describes_every_route_and_docs_render(client):
     assert "200" in spec["paths"]["/hc"]["get"]["responses"]
     docs = client.get("/docs")
     assert docs.status_code == 200 and b"swagger" in docs.data.lower()
+    # the page's assets come from this server, not a CDN: /docs works offline
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+        assert f"/docs/assets/{asset}".encode() in docs.data
+        r = client.get(f"/docs/assets/{asset}")
+        assert r.status_code == 200 and len(r.data) > 10_000
+        r.close()
+    assert_envelope(client.get("/docs/assets/../../app/settings.py"), 404)
 
 
 def _ndjson(response) -> list[dict]:
