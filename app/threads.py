@@ -11,5 +11,20 @@ T = TypeVar("T")
 
 
 def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn`` in gevent's native thread pool; only the calling greenlet waits."""
-    return gevent.get_hub().threadpool.apply(fn, args, kwargs)
+    """Call ``fn`` in gevent's native thread pool; only the calling greenlet waits.
+
+    Exceptions come back as values and are re-raised here, in the caller: gevent's pool
+    would otherwise also print every one of them (a client's undecodable upload
+    included) to stderr as if the server had failed.
+    """
+
+    def call() -> tuple[bool, Any]:
+        try:
+            return True, fn(*args, **kwargs)
+        except Exception as exc:
+            return False, exc
+
+    ok, value = gevent.get_hub().threadpool.apply(call)
+    if ok:
+        return value
+    raise value
