@@ -67,6 +67,14 @@ def test_formats_via_data_binary(live_server, sentence_wav, tmp_path, suffix, ar
     assert wer(SENTENCE, r.json()["text"]) < 0.2, r.json()["text"]
 
 
+def test_multipart_upload(live_server, sentence_wav, tmp_path):
+    mp3 = convert(sentence_wav, tmp_path / "s.mp3")
+    with mp3.open("rb") as f:
+        r = requests.post(live_server.url + "/asr", files={"file": ("s.mp3", f, "audio/mpeg")}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert wer(SENTENCE, r.json()["text"]) < 0.2
+
+
 def test_local_path(live_server, sentence_wav):
     target = live_server.local_dir / "sentence.wav"
     target.write_bytes(sentence_wav.read_bytes())
