@@ -18,8 +18,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from flask import Flask
     from flask_smorest import Api
 
+    from app.api import asr, health, metrics
     from app.api.errors import register_error_handlers
-    from app.api.routes import blp, register_request_metrics
     from app.inference.engine import Engine
     from app.metrics import build_registry
     from app.settings import Settings
@@ -43,9 +43,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.extensions["asr_engine"] = engine
     app.extensions["asr_metrics_registry"], app.extensions["asr_metrics"] = build_registry(engine)
     api = Api(app)
-    api.register_blueprint(blp)
+    for module in (health, asr, metrics):
+        api.register_blueprint(module.blp)
     register_error_handlers(app)
-    register_request_metrics(app)
+    metrics.register_request_metrics(app)
     _serve_swagger_assets(app)
     return app
 

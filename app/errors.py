@@ -71,6 +71,12 @@ class ServiceUnavailable(ApiError):
         super().__init__(message, code=code, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
+class InternalError(ApiError):
+    """A failure of the server itself; the message never carries its details."""
+
+    status, code = 500, "internal_error"
+
+
 class UpstreamError(ApiError):
     status, code = 502, "upstream_error"
 

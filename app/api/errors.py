@@ -7,7 +7,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from app.errors import ApiError
+from app.errors import ApiError, InternalError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
-        err = ApiError("The server failed to process this request.", code="internal_error")
-        err.status = 500
-        return error_response(err)
+        return error_response(InternalError("The server failed to process this request."))
