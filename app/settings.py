@@ -19,7 +19,9 @@ EMBEDDED_TINY_EN = "embedded/whisper-tiny.en"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     # --- server -------------------------------------------------------------------
     host: str = Field("*", description="Interface to listen on; `*` means all interfaces.")
@@ -94,6 +96,14 @@ class Settings(BaseSettings):
     )
     fetch_timeout_s: float = Field(300.0, gt=0, description="Longest total time to download an audio URL (504 after).")
     decode_timeout_s: float = Field(300.0, gt=0, description="Longest time ffmpeg may take to decode one input.")
+
+    @field_validator("local_audio_dir", mode="before")
+    @classmethod
+    def _blank_dir_is_unset(cls, value: object) -> object:
+        # Path("") is ".", the working directory: never let an empty value mean "read cwd".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
 
     @field_validator("url_allowed_networks", mode="before")
     @classmethod

@@ -51,7 +51,7 @@ def audio_bytes_from_request(settings: Settings) -> bytes:
         raw = _read_body(settings, MAX_JSON_BYTES)
         try:
             payload = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise BadRequest("The request body is not valid JSON.", code="malformed_json") from None
         if not isinstance(payload, dict):
             raise InvalidField('Expected a JSON object like {"url": "https://..."}.')

@@ -125,7 +125,13 @@ def _decode_with_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None
                 resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
             parts: list[np.ndarray] = []
             frames_read = 0
-            for block in f.blocks(blocksize=_SOUNDFILE_BLOCK_FRAMES, dtype="float32", always_2d=True):
+            # Not f.blocks(): when the header's frame count overstates the data (a truncated
+            # mp3), blocks() yields the unread tail of its reused buffer, i.e. stale samples.
+            # read() without ``out`` returns exactly the frames decoded.
+            while True:
+                block = f.read(_SOUNDFILE_BLOCK_FRAMES, dtype="float32", always_2d=True)
+                if len(block) == 0:
+                    break
                 frames_read += len(block)
                 if frames_read > max_frames:
                     raise _too_long(max_seconds)

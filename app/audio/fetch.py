@@ -331,6 +331,14 @@ def _invalid_url_error(redirect: bool) -> ApiError:
     return InvalidField("The URL could not be parsed.", code="invalid_url")
 
 
+def _url_is_requestable(url: str) -> bool:
+    try:
+        requests.models.PreparedRequest().prepare_url(url, None)
+    except (ValueError, requests.RequestException):
+        return False
+    return True
+
+
 def _read_capped(response: requests.Response, max_bytes: int) -> bytes:
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.strip().isdigit() and int(declared) > max_bytes:
@@ -363,7 +371,11 @@ def fetch_url(url: str, settings: Settings) -> bytes:
                         if hop == settings.url_max_redirects:
                             break
                         target = session.get_redirect_target(response) or ""
-                        current = _validate_url(urljoin(response.url, target), redirect=True)
+                        try:
+                            joined = urljoin(response.url, target)
+                        except ValueError:  # e.g. "http://[::1" as the Location
+                            joined = None
+                        current = _validate_url(joined, redirect=True)
                         log.debug("audio URL redirects to %s", _redacted(current))
                         continue
                     if not 200 <= response.status_code < 300:
@@ -385,8 +397,11 @@ def fetch_url(url: str, settings: Settings) -> bytes:
                     " <- ".join(type(e).__name__ for e in _exception_chain(exc)),
                 )
                 raise _map_request_error(exc, settings, redirect=redirect) from None
-            except ValueError:  # e.g. a host name IDNA cannot encode
-                raise _invalid_url_error(redirect) from None
+            except ValueError:
+                # Either this hop's URL is unusable (a host name IDNA cannot encode) or, since
+                # requests parses a redirect's Location even with allow_redirects=False, the
+                # Location the server sent is: only the former is the client's mistake.
+                raise _invalid_url_error(redirect or _url_is_requestable(current)) from None
     raise UpstreamError(
         f"The URL redirects more than this server's limit of {settings.url_max_redirects} times.",
         code="too_many_redirects",
@@ -428,6 +443,10 @@ def resolve_local_path(path: str, settings: Settings) -> Path:
     base = _allowed_dir(settings)
     if not isinstance(path, str) or not path or "\x00" in path:
         raise InvalidField("The file path is empty or invalid.", code="invalid_path")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:  # a lone surrogate from JSON ("\ud800") names no file
+        raise InvalidField("The file path is not valid Unicode.", code="invalid_path") from None
     candidate = Path(path)
     if not candidate.is_absolute():
         candidate = base / candidate
