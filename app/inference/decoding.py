@@ -65,8 +65,6 @@ class GreedyDecoder:
             self._qkv.append((weight, bias))
         vocab = self.embed_tokens.weight.shape[0]
         device = self.embed_tokens.weight.device
-        self._static_mask = torch.zeros(vocab, dtype=torch.bool, device=device)
-        self._static_mask[[*rules.suppress, rules.no_timestamps]] = True
         self._first_mask = torch.ones(vocab, dtype=torch.bool, device=device)
         last_initial = (
             vocab
@@ -74,7 +72,11 @@ class GreedyDecoder:
             else rules.timestamp_begin + rules.max_initial_timestamp_index + 1
         )
         self._first_mask[rules.timestamp_begin : last_initial] = False  # must start with an early timestamp
-        self._vocab_ids = torch.arange(vocab, device=device)
+        self._stamp_ids = torch.arange(vocab - rules.timestamp_begin, device=device)
+        # the static suppression as the output projection's bias: free inside the matmul
+        proj = model.proj_out.weight
+        self._proj_bias = torch.zeros(vocab, dtype=proj.dtype, device=device)
+        self._proj_bias[[*rules.suppress, rules.no_timestamps]] = NEG_INF
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -132,29 +134,33 @@ class GreedyDecoder:
     def _pick(
         self, logits: torch.Tensor, step: int, last_ts: torch.Tensor, penult_ts: torch.Tensor, max_ts: torch.Tensor
     ) -> torch.Tensor:
-        """Greedy choice under Whisper's suppression and timestamp rules, for every row at once."""
+        """Greedy choice under Whisper's suppression and timestamp rules, for every row at once.
+
+        The static suppression is already in ``logits`` (the projection's bias). The rules
+        touch only the timestamp slice (~1.5k columns) or whole rows, never build masks over
+        the full vocabulary, and "timestamps together likelier than the best text token" is
+        compared on raw scores: log_softmax subtracts the same normalizer from both sides.
+        """
         rules = self.rules
-        scores = logits.float()
-        scores.masked_fill_(self._static_mask, NEG_INF)
+        begin = rules.timestamp_begin
+        scores = logits if logits.dtype == torch.float32 else logits.float()
+        text, stamps = scores[:, :begin], scores[:, begin:]
         if step == 0:
             scores[:, list(rules.begin_suppress)] = NEG_INF
             scores.masked_fill_(self._first_mask, NEG_INF)
         else:
             # timestamps come in pairs, except right before <|endoftext|>
-            scores[last_ts & penult_ts, rules.timestamp_begin :] = NEG_INF
-            scores[last_ts & ~penult_ts, : rules.eot] = NEG_INF
+            stamps[last_ts & penult_ts] = NEG_INF
+            text[last_ts & ~penult_ts, : rules.eot] = NEG_INF
             # timestamps never decrease (and a start repeats the previous end at most)
-            floor = torch.where(last_ts & ~penult_ts, max_ts, max_ts + 1)
-            floor = torch.where(max_ts >= 0, floor, rules.timestamp_begin)
-            scores.masked_fill_(
-                (self._vocab_ids >= rules.timestamp_begin) & (self._vocab_ids < floor.unsqueeze(1)), NEG_INF
-            )
+            floor = torch.where(last_ts & ~penult_ts, max_ts, max_ts + 1) - begin
+            floor = torch.where(max_ts >= 0, floor, 0)
+            stamps.masked_fill_(self._stamp_ids < floor.unsqueeze(1), NEG_INF)
+        best_text, text_id = text.max(dim=-1)
+        best_stamp = stamps.argmax(dim=-1)
         # when all timestamps together are likelier than any one text token, emit a timestamp
-        logprobs = F.log_softmax(scores, dim=-1)
-        ts_mass = logprobs[:, rules.timestamp_begin :].logsumexp(dim=-1)
-        best_text = logprobs[:, : rules.timestamp_begin].max(dim=-1).values
-        scores[ts_mass > best_text, : rules.timestamp_begin] = NEG_INF
-        return scores.argmax(dim=-1)
+        # (this also covers the best timestamp beating the best text token)
+        return torch.where(stamps.logsumexp(dim=-1) > best_text, best_stamp + begin, text_id)
 
     def _step(self, tokens: torch.Tensor, pos: int, cross, caches) -> torch.Tensor:
         """Run the decoder on ``tokens`` at positions ``pos...``; logits of the last position."""
@@ -184,4 +190,4 @@ class GreedyDecoder:
             x = layer.final_layer_norm(h)
             h = residual + layer.fc2(layer.activation_fn(layer.fc1(x)))
         h = self.final_norm(h[:, -1])
-        return self.model.proj_out(h)
+        return F.linear(h, self.model.proj_out.weight, self._proj_bias)
