@@ -27,6 +27,13 @@ class EngineCollector(Collector):
         load = getattr(engine, "load_seconds", None)
         if load is not None:
             yield GaugeMetricFamily("asr_model_load_seconds", "Time to load and warm the model", value=load)
+        runner = getattr(engine, "runner", None)
+        if runner is not None:
+            yield CounterMetricFamily(
+                "asr_window_redecodes",
+                "Windows whose decoding stopped early and were decoded again from their last timestamp",
+                value=runner.redecodes,
+            )
         batcher = getattr(engine, "batcher", None)
         if batcher is None:
             return

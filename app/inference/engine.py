@@ -112,7 +112,7 @@ class Engine:
     # ---- work ----------------------------------------------------------------------
     def _run_batch(self, chunks: Sequence[Chunk]) -> list[tuple[int, ...]]:
         assert self.runner is not None
-        return self.runner.generate([c.audio for c in chunks])
+        return self.runner.generate([c.audio for c in chunks], [c.length_s - c.stride_right_s for c in chunks])
 
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))

@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.inference.chunking import SAMPLE_RATE, Chunk
+from app.inference.continuation import TIME_PRECISION, complete_early_endings
 from app.inference.decoding import DecodingRules, GreedyDecoder
 from app.inference.merge import RawSegment, parse_segments
 from app.inference.model_loader import LoadedModel
-
-# Whisper's encoder maps 30 s onto 1500 positions: timestamp tokens step by 20 ms.
-TIME_PRECISION = 30.0 / 1500
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,8 @@ class WhisperRunner:
     def __init__(self, loaded: LoadedModel, *, max_new_tokens: int, decoder: str = "lean"):
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
+        #: windows decoded again from their last timestamp (see continuation.py), in total
+        self.redecodes = 0
         self._lock = threading.Lock()
         tok = loaded.tokenizer
         self._eot = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -69,8 +69,20 @@ class WhisperRunner:
     def decoder_name(self) -> str:
         return "lean" if self._lean is not None else "generate"
 
-    def generate(self, audios: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
-        """Token ids (with timestamp tokens) for each <= 30 s window in ``audios``."""
+    def generate(self, audios: Sequence[np.ndarray], needed_s: Sequence[float] | None = None) -> list[tuple[int, ...]]:
+        """Token ids (with timestamp tokens) for each <= 30 s window in ``audios``.
+
+        ``needed_s``: per window, how far into it the text is needed (the window minus its
+        right stride); windows whose decoding stopped well before that are decoded to the
+        end (see :mod:`app.inference.continuation`). ``None``: one plain pass.
+        """
+        results = self._decode(audios)
+        if needed_s is not None:
+            results, redecodes = complete_early_endings(audios, results, needed_s, self._decode, self._timestamp_begin)
+            self.redecodes += redecodes
+        return results
+
+    def _decode(self, audios: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
         import torch
 
         lm = self.loaded
