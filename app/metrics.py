@@ -34,6 +34,11 @@ class EngineCollector(Collector):
                 "Windows whose decoding stopped early and were decoded again from their last timestamp",
                 value=runner.redecodes,
             )
+            yield CounterMetricFamily(
+                "asr_window_fallbacks",
+                "Window decodes repeated at a temperature because the greedy text was a repetition loop",
+                value=runner.fallbacks,
+            )
         batcher = getattr(engine, "batcher", None)
         if batcher is None:
             return

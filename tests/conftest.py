@@ -36,6 +36,16 @@ def sentence_wav(speech_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bench_20min_audio(tmp_path_factory: pytest.TempPathFactory):
+    """The benchmark's 20-minute espeak-ng file (bench/speechgen.py), decoded to 16 kHz samples."""
+    from app.audio.decode import decode_audio
+    from bench.speechgen import make, specs
+
+    made = make(specs()["20min"], tmp_path_factory.mktemp("bench-audio"))
+    return decode_audio(made.path.read_bytes(), max_seconds=1300)
+
+
+@pytest.fixture(scope="session")
 def passage_wav(speech_dir: Path) -> Path:
     """About 146 s of read speech: five 30 s windows with four borders."""
     return speak(PASSAGE, speech_dir / "passage.wav")

@@ -3,13 +3,11 @@
 import numpy as np
 import pytest
 
-from app.audio.decode import decode_audio
 from app.inference.chunking import iter_chunks
 from app.inference.continuation import complete_early_endings, has_sound, last_closed_timestamp
 from app.inference.model_loader import load_model
 from app.inference.whisper import WhisperRunner
 from app.settings import Settings
-from bench.speechgen import make, specs
 from tests.speech import normalize
 
 B = 1000  # timestamp_begin for the synthetic token sequences: <|t|> is B + t / 0.02
@@ -89,14 +87,13 @@ def test_no_progress_means_no_more_rounds():
 
 
 @pytest.mark.slow
-def test_real_windows_that_stopped_early_are_finished(model_cache, tmp_path_factory):
+def test_real_windows_that_stopped_early_are_finished(model_cache, bench_20min_audio):
     """tiny.en stops after one word in two windows of the benchmark's 20-minute file.
 
     Windows 45 (900-930 s: "the<|1.00|>" then nothing) and 49 (980-1010 s: "The" stretched
     from 1.00 to 21.12 s) of ``bench.speechgen``'s 20min audio, decoded as the engine cuts them.
     """
-    made = make(specs()["20min"], tmp_path_factory.mktemp("bench-audio"))
-    audio = decode_audio(made.path.read_bytes(), max_seconds=1300)[900 * 16000 : 1010 * 16000]
+    audio = bench_20min_audio[900 * 16000 : 1010 * 16000]
     chunks = list(iter_chunks(audio, 30, 5))
     runner = WhisperRunner(load_model(Settings(cache_dir=model_cache)), max_new_tokens=128)
     windows = [c.audio for c in chunks]

@@ -10,7 +10,8 @@ runs the same :class:`~transformers.WhisperForConditionalGeneration` weights wit
 - the suppression and timestamp rules of OpenAI's decoder (the ones transformers'
   ``WhisperTimeStampLogitsProcessor`` copies) applied to the whole batch with masks.
 
-It is greedy (temperature 0, like the reference server's defaults) and returns, for each
+It is greedy (temperature 0, like the reference server's defaults; sampling at a
+temperature is there for :mod:`app.inference.fallback`) and returns, for each
 window, the generated token ids with timestamp tokens, the same shape ``generate`` gives.
 """
 
@@ -83,7 +84,16 @@ class GreedyDecoder:
         return x.view(b, t, self.heads, -1).transpose(1, 2)
 
     @torch.inference_mode()
-    def __call__(self, input_features: torch.Tensor, prompt: list[int], max_new_tokens: int) -> list[list[int]]:
+    def __call__(
+        self,
+        input_features: torch.Tensor,
+        prompt: list[int],
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> list[list[int]]:
+        """Tokens for each window; ``temperature`` > 0 samples instead of taking the argmax."""
         rules = self.rules
         encoder_out = self.model.model.encoder(input_features).last_hidden_state
         batch = encoder_out.shape[0]
@@ -109,7 +119,7 @@ class GreedyDecoder:
         penult_ts = torch.ones(batch, dtype=torch.bool, device=device)
         max_ts = torch.full((batch,), -1, dtype=torch.long, device=device)
         for step in range(total - len(prompt)):
-            next_tokens = self._pick(logits, step, last_ts, penult_ts, max_ts)
+            next_tokens = self._pick(logits, step, last_ts, penult_ts, max_ts, temperature, generator)
             picked = next_tokens.tolist()
             done = [tok == rules.eot for tok in picked]
             for row, tok, stop in zip(rows, picked, done, strict=True):
@@ -132,7 +142,14 @@ class GreedyDecoder:
         return results
 
     def _pick(
-        self, logits: torch.Tensor, step: int, last_ts: torch.Tensor, penult_ts: torch.Tensor, max_ts: torch.Tensor
+        self,
+        logits: torch.Tensor,
+        step: int,
+        last_ts: torch.Tensor,
+        penult_ts: torch.Tensor,
+        max_ts: torch.Tensor,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Greedy choice under Whisper's suppression and timestamp rules, for every row at once.
 
@@ -157,10 +174,14 @@ class GreedyDecoder:
             floor = torch.where(max_ts >= 0, floor, 0)
             stamps.masked_fill_(self._stamp_ids < floor.unsqueeze(1), NEG_INF)
         best_text, text_id = text.max(dim=-1)
-        best_stamp = stamps.argmax(dim=-1)
         # when all timestamps together are likelier than any one text token, emit a timestamp
         # (this also covers the best timestamp beating the best text token)
-        return torch.where(stamps.logsumexp(dim=-1) > best_text, best_stamp + begin, text_id)
+        forced = stamps.logsumexp(dim=-1) > best_text
+        if temperature > 0:
+            text[forced] = NEG_INF
+            probs = F.softmax(scores / temperature, dim=-1)
+            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return torch.where(forced, stamps.argmax(dim=-1) + begin, text_id)
 
     def _step(self, tokens: torch.Tensor, pos: int, cross, caches) -> torch.Tensor:
         """Run the decoder on ``tokens`` at positions ``pos...``; logits of the last position."""

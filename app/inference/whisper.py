@@ -16,6 +16,7 @@ import numpy as np
 from app.inference.chunking import SAMPLE_RATE, Chunk
 from app.inference.continuation import TIME_PRECISION, complete_early_endings
 from app.inference.decoding import DecodingRules, GreedyDecoder
+from app.inference.fallback import redecode_loops
 from app.inference.merge import RawSegment, parse_segments
 from app.inference.model_loader import LoadedModel
 
@@ -54,6 +55,8 @@ class WhisperRunner:
         self.max_new_tokens = max_new_tokens
         #: windows decoded again from their last timestamp (see continuation.py), in total
         self.redecodes = 0
+        #: windows decoded again at a temperature because their text looped (fallback.py)
+        self.fallbacks = 0
         self._lock = threading.Lock()
         tok = loaded.tokenizer
         self._eot = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -76,13 +79,24 @@ class WhisperRunner:
         right stride); windows whose decoding stopped well before that are decoded to the
         end (see :mod:`app.inference.continuation`). ``None``: one plain pass.
         """
-        results = self._decode(audios)
+        results = self._decode_checked(audios)
         if needed_s is not None:
-            results, redecodes = complete_early_endings(audios, results, needed_s, self._decode, self._timestamp_begin)
+            results, redecodes = complete_early_endings(
+                audios, results, needed_s, self._decode_checked, self._timestamp_begin
+            )
             self.redecodes += redecodes
         return results
 
-    def _decode(self, audios: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+    def _decode_checked(self, audios: Sequence[np.ndarray]) -> list[tuple[int, ...]]:
+        """Greedy tokens per window, looping windows re-decoded (:mod:`app.inference.fallback`)."""
+        results, fallbacks = redecode_loops(audios, self._decode(audios), self._decode, self._text)
+        self.fallbacks += fallbacks
+        return results
+
+    def _text(self, tokens: Sequence[int]) -> str:
+        return self.loaded.tokenizer.decode(list(tokens), skip_special_tokens=True)
+
+    def _decode(self, audios: Sequence[np.ndarray], temperature: float = 0.0, seed: int = 0) -> list[tuple[int, ...]]:
         import torch
 
         lm = self.loaded
@@ -90,9 +104,16 @@ class WhisperRunner:
             list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt", return_attention_mask=False
         ).input_features.to(lm.device, lm.dtype)
         with self._lock, torch.inference_mode():
+            generator = torch.Generator(lm.device).manual_seed(seed) if temperature > 0 else None
             if self._lean is not None:
-                return [self._strip(row) for row in self._lean(features, self._prompt, self.max_new_tokens)]
-            out = lm.model.generate(features, return_timestamps=True, max_new_tokens=self.max_new_tokens)
+                rows = self._lean(
+                    features, self._prompt, self.max_new_tokens, temperature=temperature, generator=generator
+                )
+                return [self._strip(row) for row in rows]
+            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+            if temperature > 0:
+                torch.manual_seed(seed)
+            out = lm.model.generate(features, return_timestamps=True, max_new_tokens=self.max_new_tokens, **sampling)
         sequences = out["sequences"] if isinstance(out, dict) else out
         return [self._strip(row.tolist()) for row in sequences.cpu()]
 
@@ -107,7 +128,7 @@ class WhisperRunner:
 
     def to_segment(self, raw: RawSegment, audio_seconds: float) -> Segment | None:
         """Decode a merged segment's text and clamp its times to the audio; None if silent."""
-        text = self.loaded.tokenizer.decode(list(raw.tokens), skip_special_tokens=True)
+        text = self._text(raw.tokens)
         if not text.strip():
             return None
         start = round(min(max(raw.start, 0.0), audio_seconds), 3)
