@@ -242,3 +242,43 @@ def test_ffmpeg_path_works_under_gevent_threadpool_and_greenlets(fmt: str, media
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str([expected, expected, "decode_timeout", "decode_timeout"]), proc.stderr
+
+
+_CONCURRENT_DECODES = """
+from gevent import monkey
+
+monkey.patch_all()  # as in a gunicorn gevent worker: soundfile is imported after this
+
+import io
+
+import gevent
+import numpy as np
+import soundfile as sf
+from gevent.threadpool import ThreadPool
+
+from app.audio.decode import decode_audio
+
+buf = io.BytesIO()
+sf.write(buf, np.zeros(1600, np.float32), 16000, format="WAV")
+data = buf.getvalue()
+
+
+def work(_):
+    for _ in range(200):
+        decode_audio(data, max_seconds=10)
+
+
+pool = ThreadPool(8)
+with gevent.Timeout(30):
+    gevent.joinall([pool.spawn(work, i) for i in range(8)], raise_error=True)
+print("done")
+"""
+
+
+def test_concurrent_decodes_in_native_threads_under_gevent_do_not_deadlock():
+    """soundfile's class-level lock, created after monkey-patching, used to hang two threadpool decodes."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", _CONCURRENT_DECODES], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr[-2000:]

@@ -75,6 +75,23 @@ _UNDECODABLE_MESSAGE = "The request body is not audio that could be decoded (wav
 log = logging.getLogger(__name__)
 
 
+def _use_a_native_lock_in_soundfile() -> None:
+    """Make soundfile's ``sf_open`` lock an OS lock, not a gevent one.
+
+    ``soundfile.SoundFile`` serializes opening with a class-level ``threading.Lock``. When
+    soundfile is imported after gevent's monkey-patching (as in a gunicorn gevent worker)
+    that is a gevent lock, which is not safe across native threads: two decodes in the
+    hub's threadpool contending for it both block forever (seen with 16 concurrent
+    uploads). An OS lock is correct in every thread; gevent's original is that lock.
+    """
+    from gevent.monkey import get_original
+
+    sf.SoundFile._sf_error_lock = get_original("_thread", "allocate_lock")()
+
+
+_use_a_native_lock_in_soundfile()
+
+
 def audio_duration_s(samples: np.ndarray) -> float:
     """Duration in seconds of 16 kHz ``samples``."""
     return len(samples) / SAMPLE_RATE

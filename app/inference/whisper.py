@@ -7,11 +7,11 @@ model so that nothing else can run it concurrently.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from gevent.monkey import get_original
 
 from app.inference.chunking import SAMPLE_RATE, Chunk
 from app.inference.continuation import TIME_PRECISION, complete_early_endings
@@ -57,7 +57,8 @@ class WhisperRunner:
         self.redecodes = 0
         #: windows decoded again at a temperature because their text looped (fallback.py)
         self.fallbacks = 0
-        self._lock = threading.Lock()
+        # an OS lock even under gevent's monkey-patching: it is taken in native threads
+        self._lock = get_original("_thread", "allocate_lock")()
         tok = loaded.tokenizer
         self._eot = tok.convert_tokens_to_ids("<|endoftext|>")
         self._timestamp_begin = tok.convert_tokens_to_ids("<|notimestamps|>") + 1
