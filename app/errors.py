@@ -71,6 +71,12 @@ class ServiceUnavailable(ApiError):
         super().__init__(message, code=code, headers={"Retry-After": str(max(1, int(retry_after)))})
 
 
+class ClientClosedRequest(ApiError):
+    """The client hung up before its reply was ready (nginx's 499); logged, never read."""
+
+    status, code = 499, "client_closed_request"
+
+
 class InternalError(ApiError):
     """A failure of the server itself; the message never carries its details."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.inference.chunking import SAMPLE_RATE
-from app.inference.engine import EngineState
+from app.inference.engine import EngineState, SegmentStream
 from app.inference.whisper import Segment, Transcription
 
 
@@ -24,19 +24,17 @@ class FakeEngine:
     def start(self) -> None:
         pass
 
-    def stream(self, audio, *, progressive: bool = False):
+    def stream(self, audio, *, progressive: bool = False) -> SegmentStream:
         """One segment per started second: " second 0", " second 1", ..."""
         self.calls += 1
         seconds = audio.shape[0] / SAMPLE_RATE
+        return SegmentStream(self._segments(seconds), lambda: None, seconds)
+
+    def _segments(self, seconds: float):
         for i in range(int(seconds) + (seconds % 1 > 0)):
             if self.fail_after is not None and i >= self.fail_after:
                 raise RuntimeError("simulated model failure")
             yield Segment(float(i), min(i + 1.0, round(seconds, 3)), f" second {i}")
 
     def transcribe(self, audio) -> Transcription:
-        segments = list(self.stream(audio))
-        return Transcription(
-            text="".join(s.text for s in segments).strip(),
-            segments=segments,
-            audio_seconds=audio.shape[0] / SAMPLE_RATE,
-        )
+        return self.stream(audio).collect()

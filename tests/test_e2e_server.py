@@ -2,15 +2,20 @@
 
 import http.server
 import json
+import socket
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+import soundfile
 
+from app.inference.chunking import SAMPLE_RATE, iter_chunks
 from tests.speech import PASSAGE, SENTENCE, convert, longest_runs, wer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -185,20 +190,63 @@ def test_metrics_count_known_requests(live_server, sentence_wav):
     assert _metric(final, "asr_queue_windows") == 0
 
 
+def _windows(wav: Path) -> int:
+    audio, rate = soundfile.read(wav, dtype="float32")
+    return len(list(iter_chunks(audio, 30 * rate / SAMPLE_RATE, 5 * rate / SAMPLE_RATE)))
+
+
+def _wait_queue_empty(url: str) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = requests.get(url + "/metrics", timeout=5).text
+        if _metric(text, "asr_queue_windows") == 0:
+            return text
+        time.sleep(0.2)
+    raise AssertionError("queued windows never drained")
+
+
 def test_client_hanging_up_mid_stream_frees_its_remaining_windows(live_server, passage_wav):
-    windows_total = 5  # the passage is five 30 s windows
+    windows_total = _windows(passage_wav)
+    assert windows_total >= 6
     before = _metric(requests.get(live_server.url + "/metrics", timeout=5).text, "asr_batch_windows_total")
     with requests.post(live_server.url + "/asr?stream=1", data=passage_wav.read_bytes(), stream=True, timeout=300) as r:
         first = next(line for line in r.iter_lines() if line)
         assert json.loads(first)["text"].strip()
-    # connection closed after the first line; the server notices on its next write
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        text = requests.get(live_server.url + "/metrics", timeout=5).text
-        if _metric(text, "asr_queue_windows") == 0:
-            break
-        time.sleep(0.5)
+    # closed after the first line (one window, then a batch of two may already run):
+    # the server sees the hang-up at once, not at its next write, and drops the rest
+    _wait_queue_empty(live_server.url)
     time.sleep(3)  # give a wrongly still-running request time to show up in the counters
     text = requests.get(live_server.url + "/metrics", timeout=5).text
     assert _metric(text, "asr_queue_windows") == 0
-    assert _metric(text, "asr_batch_windows_total") - before < windows_total
+    assert _metric(text, "asr_batch_windows_total") - before <= 4 < windows_total
+
+
+def test_client_hanging_up_before_a_plain_reply_frees_its_windows(live_server, passage_wav, tmp_path):
+    """A non-streamed request whose client goes away stops after the batch already running."""
+    audio, rate = soundfile.read(passage_wav, dtype="float32")
+    long_wav = tmp_path / "long.wav"
+    soundfile.write(long_wav, np.tile(audio, 4), rate)  # ~10 min: two batches of 16 windows
+    windows_total = _windows(long_wav)
+    assert windows_total > 16
+    before = requests.get(live_server.url + "/metrics", timeout=5).text
+    data = long_wav.read_bytes()
+    host, port = live_server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = f"POST /asr HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(data)}\r\n\r\n"
+        sock.sendall(head.encode() + data)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # hang up once the first batch is running
+            text = requests.get(live_server.url + "/metrics", timeout=5).text
+            if _metric(text, "asr_queue_windows") > 0:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the request never queued")
+    _wait_queue_empty(live_server.url)
+    time.sleep(3)
+    after = requests.get(live_server.url + "/metrics", timeout=5).text
+    ran = _metric(after, "asr_batch_windows_total") - _metric(before, "asr_batch_windows_total")
+    assert ran <= 16 < windows_total
+    gone = 'asr_requests_total{method="POST",route="/asr",status="499"}'
+    assert _metric(after, gone) - (_metric(before, gone) if gone in before else 0) == 1
+    assert requests.get(live_server.url + "/hc", timeout=5).status_code == 200

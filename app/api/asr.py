@@ -8,15 +8,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, stream_with_context
+from flask import Response, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.api import context
+from app.api.disconnect import watch_disconnect
 from app.api.intake import audio_bytes_from_request
 from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse, StreamDone
 from app.audio.decode import SAMPLE_RATE, decode_audio
-from app.errors import ApiError, InternalError, ServiceUnavailable
+from app.errors import ApiError, ClientClosedRequest, InternalError, ServiceUnavailable
+from app.inference.batcher import Cancelled
 from app.inference.engine import Engine
 from app.threads import run_blocking
 
@@ -99,7 +101,12 @@ class Asr(MethodView):
         context.metrics().audio_received.inc(audio.shape[0] / SAMPLE_RATE)
         if stream:
             return _ndjson_response(engine, audio, started)
-        result = engine.transcribe(audio)
+        segments = engine.stream(audio)
+        try:
+            with watch_disconnect(request.environ, segments.cancel):
+                result = segments.collect()
+        except Cancelled:  # the client hung up: nobody reads this reply
+            raise ClientClosedRequest("The client closed the connection.") from None
         elapsed = time.perf_counter() - started
         context.metrics().transcribed(result.audio_seconds, elapsed)
         return result.to_dict(), 200, _timing_headers(engine, result.audio_seconds, elapsed)
@@ -121,12 +128,18 @@ def _ndjson_response(engine: Engine, audio, started: float) -> Response:
     info = engine.info
     metrics = context.metrics()
 
+    segments = engine.stream(audio, progressive=True)  # admission (429) before the 200 is sent
+    environ = request.environ
+
     def lines() -> Iterator[str]:
         texts: list[str] = []
         try:
-            for segment in engine.stream(audio, progressive=True):
-                texts.append(segment.text)
-                yield json.dumps(segment.to_dict()) + "\n"
+            with watch_disconnect(environ, segments.cancel):
+                for segment in segments:
+                    texts.append(segment.text)
+                    yield json.dumps(segment.to_dict()) + "\n"
+        except Cancelled:  # the client hung up; its windows are dropped
+            return
         except ApiError as exc:
             yield json.dumps(exc.to_dict()) + "\n"
             return
@@ -152,6 +165,7 @@ def _ndjson_response(engine: Engine, audio, started: float) -> Response:
         )
 
     response = Response(stream_with_context(lines()), mimetype="application/x-ndjson")
+    response.call_on_close(segments.cancel)  # also when the body was never started
     response.headers["X-Audio-Length"] = f"{audio_seconds:.3f}"
     response.headers["X-Model-ID"] = info["model_id"]
     response.headers["X-GPU-Name"] = info["device_name"]

@@ -26,6 +26,10 @@ from gevent.threadpool import ThreadPool
 log = logging.getLogger(__name__)
 
 
+class Cancelled(Exception):
+    """The request gave up (its client hung up) before this window ran."""
+
+
 @dataclass(eq=False)
 class Job:
     """One window of one request waiting for the model."""
@@ -176,9 +180,15 @@ class Batcher:
         return max(1.0, per_batch * math.ceil(windows / self.max_batch_size))
 
     def cancel(self, ticket: Ticket) -> None:
-        """Drop a request's windows that have not reached the model (client went away)."""
+        """Drop a request's windows that have not reached the model (client went away).
+
+        Whoever still waits on one of its windows gets :class:`Cancelled` at once.
+        """
         ticket.cancel()
         self.queue.drop(ticket)
+        for job in ticket.jobs:
+            if not job.result.ready():
+                job.result.set_exception(Cancelled())
 
     def run_sync(self, payloads: list[Any]) -> list[Any]:
         """Run one batch on the model thread right now (warm-up), bypassing the queue."""

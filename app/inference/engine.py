@@ -16,7 +16,8 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import gevent
@@ -37,6 +38,28 @@ class EngineState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+
+
+class SegmentStream(Iterator[Segment]):
+    """A request's segments in audio order; ``cancel()`` drops its windows not yet run."""
+
+    def __init__(self, segments: Iterator[Segment], cancel: Callable[[], None], audio_seconds: float) -> None:
+        self._segments = segments
+        self.cancel = cancel
+        self.audio_seconds = audio_seconds
+
+    def __next__(self) -> Segment:
+        return next(self._segments)
+
+    def close(self) -> None:
+        self._segments.close()  # type: ignore[attr-defined]
+
+    def collect(self) -> Transcription:
+        """Wait for every segment; the whole transcript."""
+        segments = list(self)
+        return Transcription(
+            text="".join(s.text for s in segments).strip(), segments=segments, audio_seconds=self.audio_seconds
+        )
 
 
 class Engine:
@@ -78,7 +101,10 @@ class Engine:
             # Loading and conversion are CPU/IO heavy: keep them off the hub.
             loaded = gevent.get_hub().threadpool.apply(load_model, (self.settings,))
             self.runner = WhisperRunner(
-                loaded, max_new_tokens=self.settings.max_new_tokens, decoder=self.settings.decoder
+                loaded,
+                max_new_tokens=self.settings.max_new_tokens,
+                decoder=self.settings.decoder,
+                int8_projection=self.settings.int8_output_projection,
             )
             self.batcher = Batcher(
                 self._run_batch,
@@ -117,14 +143,14 @@ class Engine:
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
 
-    def stream(self, audio: np.ndarray, *, progressive: bool = False) -> Iterator[Segment]:
+    def stream(self, audio: np.ndarray, *, progressive: bool = False) -> SegmentStream:
         """Queue the audio's windows now; return an iterator of its segments in order.
 
         Admission is decided here, before anything is sent to the client: a full queue
         raises :class:`~app.errors.TooManyRequests` (429 with Retry-After) at once.
         As each window's result arrives it is merged, and every segment that no later
-        window can change is yielded. Closing the iterator early (a client that hung
-        up) cancels the windows not yet run. ``progressive`` puts the first window in a
+        window can change is yielded. Closing the iterator early, or its ``cancel()`` (a
+        client that hung up), cancels the windows not yet run. ``progressive`` puts the first window in a
         batch of its own (then 2, 4, ...) so the first segment comes back quickly.
         """
         if not self.ready or self.batcher is None or self.runner is None:
@@ -133,7 +159,8 @@ class Engine:
         self._admit(len(chunks))
         ticket = Ticket(ramp=progressive)
         jobs = self.batcher.submit(ticket, chunks)
-        return self._segments(ticket, jobs, audio.shape[0] / SAMPLE_RATE)
+        seconds = audio.shape[0] / SAMPLE_RATE
+        return SegmentStream(self._segments(ticket, jobs, seconds), partial(self.batcher.cancel, ticket), seconds)
 
     def _admit(self, windows: int) -> None:
         assert self.batcher is not None
@@ -166,9 +193,4 @@ class Engine:
 
     def transcribe(self, audio: np.ndarray) -> Transcription:
         """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
-        segments = list(self.stream(audio))
-        return Transcription(
-            text="".join(s.text for s in segments).strip(),
-            segments=segments,
-            audio_seconds=audio.shape[0] / SAMPLE_RATE,
-        )
+        return self.stream(audio).collect()

@@ -50,7 +50,9 @@ class DecodedChunk:
 
 
 class WhisperRunner:
-    def __init__(self, loaded: LoadedModel, *, max_new_tokens: int, decoder: str = "lean"):
+    def __init__(
+        self, loaded: LoadedModel, *, max_new_tokens: int, decoder: str = "lean", int8_projection: bool = False
+    ):
         self.loaded = loaded
         self.max_new_tokens = max_new_tokens
         #: windows decoded again from their last timestamp (see continuation.py), in total
@@ -66,7 +68,11 @@ class WhisperRunner:
         # The lean loop has no language detection: multilingual checkpoints use generate().
         self._lean: GreedyDecoder | None = None
         if decoder == "lean" and not getattr(gen, "is_multilingual", False):
-            self._lean = GreedyDecoder(loaded.model, DecodingRules.from_generation_config(gen))
+            self._lean = GreedyDecoder(
+                loaded.model,
+                DecodingRules.from_generation_config(gen),
+                int8_projection=int8_projection and loaded.device.type == "cpu",
+            )
         self._prompt = [int(gen.decoder_start_token_id)]
 
     @property
