@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     flash_attention_2: bool = Field(False, description="Use FlashAttention-2 on CUDA when installed (Dockerfile.fa2).")
     device: str = Field("auto", description="`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`.")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="`auto`: float16 on CUDA, float32 on CPU."
+        "auto",
+        description=(
+            "`auto`: float16 on CUDA; on CPU bfloat16 where the CPU has AMX (about 1.5x faster round trip, same "
+            "WER), else float32."
+        ),
     )
     decoder: Literal["lean", "generate"] = Field(
         "lean",

@@ -248,7 +248,9 @@ def start_server(threads: int, cache_dir: Path, log_path: Path, ready_timeout_s:
                 if r.status_code == 200:
                     server.hc = r.json()
                     return server
-            except requests.RequestException:
+                if r.json().get("status") == "failed":
+                    raise RuntimeError(f"the model failed to load; see {log_path}")
+            except (requests.RequestException, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server not ready after {ready_timeout_s:.0f} s; see {log_path}")

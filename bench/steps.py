@@ -39,13 +39,13 @@ def best_of(repeat: int, fn):
 
 def main() -> None:
     import torch
+    from speechgen import make, specs  # bench/ is sys.path[0] (bench/bench.py shadows the folder)
 
     from app.audio.decode import decode_audio
     from app.inference.chunking import iter_chunks
     from app.inference.model_loader import load_model
     from app.inference.whisper import WhisperRunner
     from app.settings import Settings
-    from bench.speechgen import make, specs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio", default="3min", choices=["clip60", "3min"])

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_lean_loop_matches_generate(model_cache, passage_wav):
-    loaded = load_model(Settings(cache_dir=model_cache))
+    # float32: the same rules give the same tokens (in bfloat16 the two differ in rounding order)
+    loaded = load_model(Settings(cache_dir=model_cache, dtype="float32"))
     lean = WhisperRunner(loaded, max_new_tokens=128, decoder="lean")
     reference = WhisperRunner(loaded, max_new_tokens=128, decoder="generate")
     assert (lean.decoder_name, reference.decoder_name) == ("lean", "generate")
@@ -44,6 +45,23 @@ def test_int8_output_projection_keeps_the_transcript(model_cache, passage_wav):
     a, b = text(exact), text(int8)
     assert wer(PASSAGE, b) <= wer(PASSAGE, a) + 0.015
     assert wer(a, b) < 0.05  # a handful of words at most
+
+
+def test_bfloat16_with_int8_projection_is_as_accurate_as_float32(model_cache, passage_wav):
+    """bfloat16 (DTYPE=auto on AMX CPUs) plus the int8 projection vs plain float32, same windows."""
+    audio = decode_audio(passage_wav.read_bytes(), max_seconds=600)
+    chunks = list(iter_chunks(audio, 30, 5))
+    windows, ends = [c.audio for c in chunks], [c.length_s - c.stride_right_s for c in chunks]
+
+    def text(dtype: str, int8: bool) -> str:
+        runner = WhisperRunner(load_model(Settings(cache_dir=model_cache, dtype=dtype)), max_new_tokens=128)
+        if int8:
+            runner = WhisperRunner(runner.loaded, max_new_tokens=128, int8_projection=True)
+        return " ".join(runner._text(t) for t in runner.generate(windows, ends))
+
+    exact, fast = text("float32", False), text("bfloat16", True)
+    assert wer(exact, fast) < 0.05  # a handful of words differ at most
+    assert wer(PASSAGE, fast) <= wer(PASSAGE, exact) + 0.02
 
 
 def test_int8_projection_is_batch_invariant():

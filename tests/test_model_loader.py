@@ -41,3 +41,17 @@ def test_a_model_that_fails_to_load_leaves_the_engine_failed(tmp_path, caplog):
     assert engine.state is EngineState.FAILED
     assert "neither" in engine.error
     assert any("failed to load" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_dtype_is_bfloat16_on_amx_cpus_only(monkeypatch):
+    import torch
+
+    from app.inference import model_loader
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(model_loader, "cpu_has_amx", lambda: True)
+    assert model_loader.pick_dtype(Settings(), cpu) is torch.bfloat16
+    assert model_loader.pick_dtype(Settings(), cuda) is torch.float16
+    assert model_loader.pick_dtype(Settings(dtype="float32"), cpu) is torch.float32
+    monkeypatch.setattr(model_loader, "cpu_has_amx", lambda: False)
+    assert model_loader.pick_dtype(Settings(), cpu) is torch.float32

@@ -231,14 +231,17 @@ class GreedyDecoder:
             log.warning("int8 output projection unavailable (%s); using float", exc)
             return lambda h: F.linear(h, weight, bias)
 
+        bias = bias.float()
+
         def project(h: torch.Tensor) -> torch.Tensor:
             # quantized.linear_dynamic quantizes its input with ONE scale for the whole batch
             # (min/max of the tensor), which would make a window's tokens depend on the other
             # windows in its batch. Scale each row to max |x| = 1 and append the columns +1
             # and -1 (zero weights): every batch then has min -1 and max +1, each row is
             # quantized the same way whatever shares its batch, and gets the full int8 range.
+            h = h.float()  # fbgemm takes float32 (the model may run in bfloat16); logits stay float32
             scale = h.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-            ones = torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)
+            ones = torch.ones(h.shape[0], 1, device=h.device)
             x = torch.cat([h / scale, ones, -ones], dim=1)
             return torch.ops.quantized.linear_dynamic(x, packed) * scale + bias
 
