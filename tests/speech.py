@@ -15,6 +15,13 @@ SENTENCE = (
     "The keeper lived alone in a small stone cottage beside the tower."
 )
 
+#: Word error rate a whole-file transcript of the passage (~146 s, 439 words) must stay under.
+#: tiny.en makes ~9% errors on espeak-ng's voice by itself (bench/RESULTS.md: 9.3% for this
+#: server, 8.4-11.6% for faster-whisper on the same weights), while one lost or doubled 20 s
+#: window step is ~60 words, 14% of the passage: 15% passes the model's own mistakes and fails
+#: any lost or doubled window.
+MAX_PASSAGE_WER = 0.15
+
 
 def speak(text: str, out: Path, *, voice: str = "en-us", speed: int = 165) -> Path:
     """Write espeak-ng's reading of ``text`` to ``out`` (wav, 22.05 kHz mono)."""

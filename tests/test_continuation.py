@@ -5,8 +5,9 @@ import pytest
 
 from app.inference.chunking import iter_chunks
 from app.inference.continuation import complete_early_endings, has_sound, last_closed_timestamp
+from app.inference.merge import merge_windows
 from app.inference.model_loader import load_model
-from app.inference.whisper import WhisperRunner
+from app.inference.whisper import DecodedChunk, WhisperRunner
 from app.settings import Settings
 from tests.speech import normalize
 
@@ -111,3 +112,19 @@ def test_real_windows_that_stopped_early_are_finished(model_cache, bench_20min_a
     assert "nothing except rain and waves" in words(finished, 4)
     for i in (0, 4):
         assert len(words(finished, i).split()) > 50
+
+
+@pytest.mark.slow
+def test_real_border_where_the_left_window_closed_early_loses_nothing(model_cache, bench_20min_audio):
+    """Windows 35 and 36 of the 20-minute file (700-730 s, 720-750 s): the left one ends its
+    last segment at 724.7 s, just short of the 725 s border, the right one hears 720-729.5 s
+    as one segment; the merge once dropped "aerial, a second generator ... in the valley"."""
+    audio = bench_20min_audio[700 * 16000 : 750 * 16000]
+    chunks = list(iter_chunks(audio, 30, 5))
+    assert len(chunks) == 2
+    runner = WhisperRunner(load_model(Settings(cache_dir=model_cache)), max_new_tokens=128)
+    results = runner.generate([c.audio for c in chunks], [c.length_s - c.stride_right_s for c in chunks])
+    merged = merge_windows([(c, runner.parse(DecodedChunk(c, r))) for c, r in zip(chunks, results, strict=True)])
+    text = normalize(runner.loaded.tokenizer.decode([t for s in merged for t in s.tokens], skip_special_tokens=True))
+    assert "a second generator and a box of letters from children" in text, text
+    assert text.count("they also carried") == 1, text

@@ -62,3 +62,18 @@ def test_fallback_without_shared_boundary_splits_mid_overlap():
     right = parse_segments([ts(0), 5, 6, 7, 8, ts(6), ts(6), 9, ts(8)], b, TS, P)  # 20-26, 26-28
     merged = merge_windows([(a, left), (b, right)])
     assert [t for s in merged for t in s.tokens] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+def test_fallback_keeps_the_words_after_a_left_segment_that_closed_short_of_the_border():
+    """The 20-min benchmark lost 12 words here: the left window closed its last segment at
+    24.7 s (border 25 s), the right one heard 20-29.5 s as one segment, so neither side
+    kept what was said between 24.7 s and 29.5 s."""
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    # words 1..4 spoken 19.7-24.7 s, words 5..8 spoken 24.7-29.5 s, 9..10 after
+    left = parse_segments([ts(15), 0, ts(19.7), ts(19.7), 1, 2, 3, 4, ts(24.7)], a, TS, P)
+    right = parse_segments([ts(0), 2, 3, 4, 5, 6, 7, 8, ts(9.5), ts(9.5), 9, 10, ts(12)], b, TS, P)
+    merged = merge_windows([(a, left), (b, right)])
+    assert [t for s in merged for t in s.tokens] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    starts = [s.start for s in merged]
+    assert starts == sorted(starts)

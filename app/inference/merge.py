@@ -149,11 +149,16 @@ def _join(
             kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=True)
         return kept_left + [s for s in kept_right if s.tokens]
     # No boundary both windows agree on: each keeps what starts on its side of the
-    # border; an unfinished left segment borrows its ending from the right window.
+    # border. Speech the left side does not cover is borrowed from the right window's
+    # segment across the border: the ending of an unfinished left segment, or, when the
+    # left window closed its last segment early (it stops short of the border) and the
+    # right window's segment runs on past it, the words after that close.
     kept_left = [s for s in left_tail if s.start < border]
     kept_right = [s for s in segments if s.start >= border]
-    if kept_left and not kept_left[-1].closed:
-        straddling = [s for s in segments if s.start < border and s.end > kept_left[-1].start]
+    if kept_left:
+        last = kept_left[-1]
+        reach = last.start if not last.closed else max(last.end + BOUNDARY_TOLERANCE_S, border)
+        straddling = [s for s in segments if s.start < border and s.end > reach]
         if straddling:
             kept_right.insert(0, straddling[-1])
     if kept_left and kept_right and kept_right[0].start < kept_left[-1].end:
