@@ -51,6 +51,18 @@ def passage_wav(speech_dir: Path) -> Path:
     return speak(PASSAGE, speech_dir / "passage.wav")
 
 
+@pytest.fixture(scope="session")
+def long_wav(speech_dir: Path, passage_wav: Path) -> Path:
+    """The passage four times over (~10 min, 29 windows): seconds of work even for a fast model."""
+    import numpy as np
+    import soundfile
+
+    audio, rate = soundfile.read(passage_wav, dtype="float32")
+    out = speech_dir / "long.wav"
+    soundfile.write(out, np.tile(audio, 4), rate)
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -146,6 +146,7 @@ class Batcher:
         *,
         max_batch_size: int,
         max_wait_s: float,
+        pool: ThreadPool | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -153,7 +154,7 @@ class Batcher:
         self.queue = FairQueue()
         self.stats = BatchStats()
         # One native thread owns the model: torch releases the GIL, the hub keeps serving.
-        self._pool = ThreadPool(1)
+        self._pool = pool if pool is not None else ThreadPool(1)
         self._loop: gevent.Greenlet | None = None
 
     def start(self) -> None:

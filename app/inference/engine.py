@@ -22,6 +22,7 @@ from typing import Any
 
 import gevent
 import numpy as np
+from gevent.threadpool import ThreadPool
 
 from app.errors import TooManyRequests
 from app.inference.batcher import Batcher, Job, Ticket
@@ -97,19 +98,29 @@ class Engine:
 
         self.state = EngineState.LOADING
         started = time.monotonic()
-        try:
-            # Loading and conversion are CPU/IO heavy: keep them off the hub.
-            loaded = gevent.get_hub().threadpool.apply(load_model, (self.settings,))
-            self.runner = WhisperRunner(
-                loaded,
+        # Every torch call of this process runs on this one native thread: loading and
+        # conversion (CPU/IO heavy, kept off the hub), the runner's set-up, every batch. On
+        # CPU, each thread that runs torch ops gets an OpenMP team of its own; two teams
+        # oversubscribe the cores, libgomp then stops spin-waiting, and the many small ops
+        # of the decoding loop got ~30% slower (bench/RESULTS.md).
+        model_thread = ThreadPool(1)
+
+        def build() -> WhisperRunner:
+            return WhisperRunner(
+                load_model(self.settings),
                 max_new_tokens=self.settings.max_new_tokens,
                 decoder=self.settings.decoder,
                 int8_projection=self.settings.int8_output_projection,
             )
+
+        try:
+            self.runner = model_thread.apply(build)
+            loaded = self.runner.loaded
             self.batcher = Batcher(
                 self._run_batch,
                 max_batch_size=self.settings.batch_size,
                 max_wait_s=self.settings.batch_wait_ms / 1000,
+                pool=model_thread,
             )
             self._info = {
                 "model_id": self.settings.model_id,
@@ -123,6 +134,7 @@ class Engine:
             self.batcher.run_sync(self.chunks_for(np.zeros(SAMPLE_RATE, dtype=np.float32)))
             self.batcher.start()
         except Exception as exc:
+            model_thread.kill()
             self.state = EngineState.FAILED
             self.error = f"{type(exc).__name__}: {exc}"
             log.exception("model %s failed to load; /hc stays 503", self.settings.model_id)
