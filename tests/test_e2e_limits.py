@@ -30,11 +30,19 @@ def tight_server(tmp_path_factory, model_cache):
     stop_server(server)
 
 
-def test_full_queue_answers_429_at_once_then_recovers(tight_server, passage_wav, sentence_wav):
-    long_file = passage_wav.read_bytes()  # five 30 s windows
+def _queued_windows(url: str) -> float:
+    text = requests.get(url + "/metrics", timeout=5).text
+    return float(next(line for line in text.splitlines() if line.startswith("asr_queue_windows ")).split()[1])
+
+
+def test_full_queue_answers_429_at_once_then_recovers(tight_server, long_wav, sentence_wav):
+    long_file = long_wav.read_bytes()  # 29 windows, run two at a time
     with ThreadPoolExecutor(4) as pool:
         first = pool.submit(requests.post, tight_server.url + "/asr", data=long_file, timeout=300)
-        time.sleep(2.0)  # the first request is decoded and queued; its windows run two at a time
+        deadline = time.monotonic() + 60
+        while _queued_windows(tight_server.url) == 0:  # until the first request is decoded and queued
+            assert time.monotonic() < deadline and not first.done()
+            time.sleep(0.05)
         started = time.perf_counter()
         r = requests.post(tight_server.url + "/asr", data=long_file, timeout=60)
         refused_in = time.perf_counter() - started
