@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from flask import Flask
     from flask_smorest import Api
 
-    from app.api import asr, health, metrics
+    from app.api import asr, health, metrics, openai_compat
     from app.api.errors import register_error_handlers
     from app.inference.engine import Engine
     from app.metrics import build_registry
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.extensions["asr_engine"] = engine
     app.extensions["asr_metrics_registry"], app.extensions["asr_metrics"] = build_registry(engine)
     api = Api(app)
-    for module in (health, asr, metrics):
+    for module in (health, asr, openai_compat, metrics):
         api.register_blueprint(module.blp)
     register_error_handlers(app)
     metrics.register_request_metrics(app)

@@ -14,15 +14,30 @@ class ApiError(Exception):
     status: int = 400
     code: str = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None, param: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
         self.headers = dict(headers or {})
+        self.param = param  # the request field at fault, where there is one
 
     def to_dict(self) -> dict:
         return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+    def to_openai_dict(self) -> dict:
+        """OpenAI's envelope, for the ``/v1`` routes that OpenAI's SDKs call."""
+        if self.status == 429:
+            kind = "rate_limit_error"
+        elif self.status >= 500:
+            kind = "server_error"
+        elif self.status == 401:
+            kind = "authentication_error"
+        else:
+            kind = "invalid_request_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 class BadRequest(ApiError):

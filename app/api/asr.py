@@ -16,11 +16,11 @@ from app.api import context
 from app.api.disconnect import watch_disconnect
 from app.api.intake import audio_bytes_from_request
 from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse, StreamDone
-from app.audio.decode import SAMPLE_RATE, decode_audio
-from app.errors import ApiError, ClientClosedRequest, InternalError, ServiceUnavailable
+from app.api.transcribe import decode, ready_engine, transcribe
+from app.audio.decode import SAMPLE_RATE
+from app.errors import ApiError, InternalError
 from app.inference.batcher import Cancelled
 from app.inference.engine import Engine
-from app.threads import run_blocking
 
 log = logging.getLogger(__name__)
 blp = Blueprint("asr", __name__, description="Speech recognition")
@@ -84,29 +84,12 @@ class Asr(MethodView):
     )
     def post(self, stream: bool = False):
         """Transcribe audio given as a URL, a local path, or the raw request body."""
-        engine = context.engine()
-        settings = context.settings()
-        if not engine.ready:
-            if engine.state.value == "failed":
-                raise ServiceUnavailable(
-                    "The model failed to load on this server; see its log.", code="model_unavailable", retry_after=60
-                )
-            raise ServiceUnavailable("The model is still loading; retry shortly.", code="loading", retry_after=5)
+        engine = ready_engine()
         started = time.perf_counter()
-        data = audio_bytes_from_request(settings)
-        audio = run_blocking(
-            decode_audio, data, max_seconds=settings.max_audio_seconds, timeout_s=settings.decode_timeout_s
-        )
-        del data
-        context.metrics().audio_received.inc(audio.shape[0] / SAMPLE_RATE)
+        audio = decode(audio_bytes_from_request(context.settings()))
         if stream:
             return _ndjson_response(engine, audio, started)
-        segments = engine.stream(audio)
-        try:
-            with watch_disconnect(request.environ, segments.cancel):
-                result = segments.collect()
-        except Cancelled:  # the client hung up: nobody reads this reply
-            raise ClientClosedRequest("The client closed the connection.") from None
+        result = transcribe(engine, audio)
         elapsed = time.perf_counter() - started
         context.metrics().transcribed(result.audio_seconds, elapsed)
         return result.to_dict(), 200, _timing_headers(engine, result.audio_seconds, elapsed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.errors import ApiError, InternalError
@@ -12,8 +12,13 @@ from app.errors import ApiError, InternalError
 log = logging.getLogger(__name__)
 
 
+OPENAI_PREFIX = "/v1/"
+
+
 def error_response(exc: ApiError):
-    response = jsonify(exc.to_dict())
+    # the /v1 routes speak OpenAI's error shape, which its SDKs parse; the rest our own
+    openai = has_request_context() and request.path.startswith(OPENAI_PREFIX)
+    response = jsonify(exc.to_openai_dict() if openai else exc.to_dict())
     response.status_code = exc.status
     for key, value in exc.headers.items():
         response.headers[key] = value

@@ -129,6 +129,7 @@ class Engine:
                 "dtype": str(loaded.dtype).removeprefix("torch."),
                 "attention": loaded.attn_implementation,
                 "decoder": self.runner.decoder_name,
+                "multilingual": bool(getattr(loaded.model.generation_config, "is_multilingual", False)),
             }
             # Warm-up: one real batch through features + generate (allocations, kernels).
             self.batcher.run_sync(self.chunks_for(np.zeros(SAMPLE_RATE, dtype=np.float32)))

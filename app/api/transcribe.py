@@ -1,0 +1,46 @@
+"""The steps every transcription route shares: readiness, decoding, a watched transcription."""
+
+from __future__ import annotations
+
+from flask import request
+
+from app.api import context
+from app.api.disconnect import watch_disconnect
+from app.audio.decode import SAMPLE_RATE, decode_audio
+from app.errors import ClientClosedRequest, ServiceUnavailable
+from app.inference.batcher import Cancelled
+from app.inference.engine import Engine
+from app.inference.whisper import Transcription
+from app.threads import run_blocking
+
+
+def ready_engine() -> Engine:
+    """The engine, or 503 with Retry-After while it loads (or after it failed to)."""
+    engine = context.engine()
+    if not engine.ready:
+        if engine.state.value == "failed":
+            raise ServiceUnavailable(
+                "The model failed to load on this server; see its log.", code="model_unavailable", retry_after=60
+            )
+        raise ServiceUnavailable("The model is still loading; retry shortly.", code="loading", retry_after=5)
+    return engine
+
+
+def decode(data: bytes):
+    """16 kHz mono float32 samples of ``data`` (in a native thread), counted in the metrics."""
+    settings = context.settings()
+    audio = run_blocking(
+        decode_audio, data, max_seconds=settings.max_audio_seconds, timeout_s=settings.decode_timeout_s
+    )
+    context.metrics().audio_received.inc(audio.shape[0] / SAMPLE_RATE)
+    return audio
+
+
+def transcribe(engine: Engine, audio) -> Transcription:
+    """The whole transcript; a client that hangs up meanwhile cancels its windows (499)."""
+    segments = engine.stream(audio)
+    try:
+        with watch_disconnect(request.environ, segments.cancel):
+            return segments.collect()
+    except Cancelled:  # nobody reads this reply
+        raise ClientClosedRequest("The client closed the connection.") from None
