@@ -188,3 +188,21 @@ def test_stream_with_json_url_and_invalid_flag(client, tmp_path, sentence_wav):
     r = client.post("/asr?stream=1", json={"url": str(tmp_path / "a.wav")})
     assert _ndjson(r)[-1]["done"] is True
     assert_envelope(client.post("/asr?stream=maybe", json={"url": str(tmp_path / "a.wav")}), 422)
+
+
+@pytest.mark.parametrize(("fmt", "mimetype"), [("srt", "application/x-subrip"), ("vtt", "text/vtt")])
+def test_subtitle_formats(client, sentence_wav, fmt, mimetype):
+    r = client.post(f"/asr?format={fmt}", data=sentence_wav.read_bytes(), content_type="application/octet-stream")
+    assert r.status_code == 200 and r.mimetype == mimetype
+    assert float(r.headers["X-Audio-Length"]) > 0
+    text = r.get_data(as_text=True)
+    assert ("00:00:00,000 --> 00:00:01,000" if fmt == "srt" else "WEBVTT\n\n00:00:00.000 --> 00:00:01.000") in text
+    assert "second 0\n" in text
+
+
+def test_subtitle_format_cannot_stream_and_must_be_known(client, sentence_wav):
+    data = sentence_wav.read_bytes()
+    r = client.post("/asr?format=srt&stream=1", data=data, content_type="application/octet-stream")
+    assert r.status_code == 422 and r.get_json()["error"]["code"] == "invalid_field"
+    r = client.post("/asr?format=docx", data=data, content_type="application/octet-stream")
+    assert r.status_code == 422

@@ -68,3 +68,12 @@ def test_errors_are_openai_shaped_and_name_the_field(client, sentence_wav):
     with pytest.raises(openai.APIStatusError) as caught:
         client.audio.transcriptions.create(model="whisper-1", file=("junk.wav", b"not audio"))
     assert caught.value.status_code == 415 and caught.value.body["code"] == "unsupported_audio"
+
+
+def test_asr_route_serves_subtitles_too(live_server, sentence_wav):
+    import requests
+
+    r = requests.post(live_server.url + "/asr?format=vtt", data=sentence_wav.read_bytes(), timeout=120)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/vtt")
+    cues = webvtt.from_buffer(io.StringIO(r.text))
+    assert wer(SENTENCE, " ".join(c.text.replace("\n", " ") for c in cues)) < 0.2

@@ -16,9 +16,10 @@ from app.api import context
 from app.api.disconnect import watch_disconnect
 from app.api.intake import audio_bytes_from_request
 from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse, StreamDone
+from app.api.subtitles import to_srt, to_vtt
 from app.api.transcribe import decode, ready_engine, transcribe
 from app.audio.decode import SAMPLE_RATE
-from app.errors import ApiError, InternalError
+from app.errors import ApiError, InternalError, InvalidField
 from app.inference.batcher import Cancelled
 from app.inference.engine import Engine
 
@@ -82,8 +83,12 @@ class Asr(MethodView):
         ),
         success=True,
     )
-    def post(self, stream: bool = False):
+    @blp.alt_response(200, content_type="application/x-subrip", description="`?format=srt`", success=True)
+    @blp.alt_response(200, content_type="text/vtt", description="`?format=vtt`", success=True)
+    def post(self, stream: bool = False, format: str = "json"):
         """Transcribe audio given as a URL, a local path, or the raw request body."""
+        if stream and format != "json":
+            raise InvalidField("format=srt|vtt cannot be streamed; drop stream=1.", param="format")
         engine = ready_engine()
         started = time.perf_counter()
         audio = decode(audio_bytes_from_request(context.settings()))
@@ -92,7 +97,12 @@ class Asr(MethodView):
         result = transcribe(engine, audio)
         elapsed = time.perf_counter() - started
         context.metrics().transcribed(result.audio_seconds, elapsed)
-        return result.to_dict(), 200, _timing_headers(engine, result.audio_seconds, elapsed)
+        headers = _timing_headers(engine, result.audio_seconds, elapsed)
+        if format == "srt":
+            return Response(to_srt(result.segments), mimetype="application/x-subrip", headers=headers)
+        if format == "vtt":
+            return Response(to_vtt(result.segments), mimetype="text/vtt", headers=headers)
+        return result.to_dict(), 200, headers
 
 
 def _timing_headers(engine: Engine, audio_seconds: float, elapsed: float) -> dict[str, Any]:

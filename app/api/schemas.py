@@ -31,6 +31,14 @@ class AsrQuery(Schema):
         },
     )
 
+    format = fields.String(
+        load_default="json",
+        validate=validate.OneOf(["json", "srt", "vtt"]),
+        metadata={
+            "description": "`json` (default), or subtitles: `srt` (SubRip) or `vtt` (WebVTT); not with `stream`."
+        },
+    )
+
 
 class StreamDone(Schema):
     done = fields.Boolean(metadata={"example": True})
