@@ -22,15 +22,6 @@ import gevent.socket
 log = logging.getLogger(__name__)
 
 
-def _peer_closed(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:  # readable was spurious: nothing there yet
-        return False
-    except OSError:  # reset, or already closed: gone
-        return True
-
-
 def _watch(sock: socket.socket, on_gone: Callable[[], None]) -> None:
     while True:
         try:
@@ -38,13 +29,15 @@ def _watch(sock: socket.socket, on_gone: Callable[[], None]) -> None:
         except (OSError, ValueError):  # closed under us: the request is over
             return
         try:
-            closed = _peer_closed(sock)
-        except BlockingIOError:
+            peeked = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:  # readable was spurious: nothing there yet, keep watching
             continue
-        if closed:
+        except OSError:  # reset: gone
+            peeked = b""
+        if peeked == b"":
             log.info("client hung up; cancelling its queued work")
             on_gone()
-        return
+        return  # gone, or a pipelined next request (left unread for the server)
 
 
 @contextlib.contextmanager

@@ -222,16 +222,15 @@ class GreedyDecoder:
 
     def _projection(self, weight: torch.Tensor, int8: bool):
         """``h -> logits`` (suppression bias included), in fp32/fp16 or as an int8 matmul."""
-        bias = self._proj_bias
-        if not int8:
-            return lambda h: F.linear(h, weight, bias)
-        try:
-            packed = _pack_int8_rows(weight)
-        except (RuntimeError, AttributeError) as exc:
-            log.warning("int8 output projection unavailable (%s); using float", exc)
-            return lambda h: F.linear(h, weight, bias)
-
-        bias = bias.float()
+        packed = None
+        if int8:
+            try:
+                packed = _pack_int8_rows(weight)
+            except (RuntimeError, AttributeError) as exc:
+                log.warning("int8 output projection unavailable (%s); using float", exc)
+        if packed is None:
+            return lambda h: F.linear(h, weight, self._proj_bias)
+        bias = self._proj_bias.float()
 
         def project(h: torch.Tensor) -> torch.Tensor:
             # quantized.linear_dynamic quantizes its input with ONE scale for the whole batch
