@@ -24,9 +24,10 @@ class FakeEngine:
     def start(self) -> None:
         pass
 
-    def stream(self, audio, *, progressive: bool = False) -> SegmentStream:
+    def stream(self, audio, *, progressive: bool = False, options=None) -> SegmentStream:
         """One segment per started second: " second 0", " second 1", ..."""
         self.calls += 1
+        self.last_options = options
         seconds = audio.shape[0] / SAMPLE_RATE
         return SegmentStream(self._segments(seconds), lambda: None, seconds)
 
@@ -36,5 +37,5 @@ class FakeEngine:
                 raise RuntimeError("simulated model failure")
             yield Segment(float(i), min(i + 1.0, round(seconds, 3)), f" second {i}")
 
-    def transcribe(self, audio) -> Transcription:
-        return self.stream(audio).collect()
+    def transcribe(self, audio, options=None) -> Transcription:
+        return self.stream(audio, options=options).collect()

@@ -10,6 +10,7 @@ from app.audio.decode import SAMPLE_RATE, decode_audio
 from app.errors import ClientClosedRequest, ServiceUnavailable
 from app.inference.batcher import Cancelled
 from app.inference.engine import Engine
+from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions
 from app.inference.whisper import Transcription
 from app.threads import run_blocking
 
@@ -36,9 +37,9 @@ def decode(data: bytes):
     return audio
 
 
-def transcribe(engine: Engine, audio) -> Transcription:
+def transcribe(engine: Engine, audio, options: TranscribeOptions = DEFAULT_OPTIONS) -> Transcription:
     """The whole transcript; a client that hangs up meanwhile cancels its windows (499)."""
-    segments = engine.stream(audio)
+    segments = engine.stream(audio, options=options)
     try:
         with watch_disconnect(request.environ, segments.cancel):
             return segments.collect()

@@ -28,6 +28,7 @@ from app.errors import TooManyRequests
 from app.inference.batcher import Batcher, Job, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
 from app.inference.merge import WindowMerger
+from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions, Window
 from app.inference.whisper import DecodedChunk, Segment, Transcription, WhisperRunner
 from app.settings import Settings
 
@@ -132,7 +133,7 @@ class Engine:
                 "multilingual": bool(getattr(loaded.model.generation_config, "is_multilingual", False)),
             }
             # Warm-up: one real batch through features + generate (allocations, kernels).
-            self.batcher.run_sync(self.chunks_for(np.zeros(SAMPLE_RATE, dtype=np.float32)))
+            self.batcher.run_sync(self.windows_for(np.zeros(SAMPLE_RATE, dtype=np.float32)))
             self.batcher.start()
         except Exception as exc:
             model_thread.kill()
@@ -149,14 +150,23 @@ class Engine:
             self.batcher.stop()
 
     # ---- work ----------------------------------------------------------------------
-    def _run_batch(self, chunks: Sequence[Chunk]) -> list[tuple[int, ...]]:
+    def _run_batch(self, windows: Sequence[Window]) -> list[tuple[int, ...]]:
         assert self.runner is not None
-        return self.runner.generate([c.audio for c in chunks], [c.length_s - c.stride_right_s for c in chunks])
+        return self.runner.generate(
+            [w.chunk.audio for w in windows],
+            [w.chunk.length_s - w.chunk.stride_right_s for w in windows],
+            options=[w.options for w in windows],
+        )
 
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
 
-    def stream(self, audio: np.ndarray, *, progressive: bool = False) -> SegmentStream:
+    def windows_for(self, audio: np.ndarray, options: TranscribeOptions = DEFAULT_OPTIONS) -> list[Window]:
+        return [Window(chunk, options) for chunk in self.chunks_for(audio)]
+
+    def stream(
+        self, audio: np.ndarray, *, progressive: bool = False, options: TranscribeOptions = DEFAULT_OPTIONS
+    ) -> SegmentStream:
         """Queue the audio's windows now; return an iterator of its segments in order.
 
         Admission is decided here, before anything is sent to the client: a full queue
@@ -168,10 +178,10 @@ class Engine:
         """
         if not self.ready or self.batcher is None or self.runner is None:
             raise RuntimeError("engine is not ready")
-        chunks = self.chunks_for(audio)
-        self._admit(len(chunks))
+        windows = self.windows_for(audio, options)
+        self._admit(len(windows))
         ticket = Ticket(ramp=progressive)
-        jobs = self.batcher.submit(ticket, chunks)
+        jobs = self.batcher.submit(ticket, windows)
         seconds = audio.shape[0] / SAMPLE_RATE
         return SegmentStream(self._segments(ticket, jobs, seconds), partial(self.batcher.cancel, ticket), seconds)
 
@@ -193,8 +203,9 @@ class Engine:
         emitted = 0
         try:
             for i, job in enumerate(jobs):
-                merger.add(job.payload, runner.parse(DecodedChunk(job.payload, job.result.get())))
-                next_start = jobs[i + 1].payload.start_s if i + 1 < len(jobs) else None
+                chunk = job.payload.chunk
+                merger.add(chunk, runner.parse(DecodedChunk(chunk, job.result.get())))
+                next_start = jobs[i + 1].payload.chunk.start_s if i + 1 < len(jobs) else None
                 stable = merger.stable_count(next_start)
                 for raw in merger.merged[emitted:stable]:
                     segment = runner.to_segment(raw, audio_seconds)
@@ -204,6 +215,6 @@ class Engine:
         finally:
             self.batcher.cancel(ticket)  # frees queued windows of a request that stopped early
 
-    def transcribe(self, audio: np.ndarray) -> Transcription:
+    def transcribe(self, audio: np.ndarray, options: TranscribeOptions = DEFAULT_OPTIONS) -> Transcription:
         """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
-        return self.stream(audio).collect()
+        return self.stream(audio, options=options).collect()

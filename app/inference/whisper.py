@@ -19,6 +19,7 @@ from app.inference.decoding import DecodingRules, GreedyDecoder
 from app.inference.fallback import redecode_loops
 from app.inference.merge import RawSegment, parse_segments
 from app.inference.model_loader import LoadedModel
+from app.inference.options import TranscribeOptions
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,15 @@ class WhisperRunner:
     def decoder_name(self) -> str:
         return "lean" if self._lean is not None else "generate"
 
-    def generate(self, audios: Sequence[np.ndarray], needed_s: Sequence[float] | None = None) -> list[tuple[int, ...]]:
+    def generate(
+        self,
+        audios: Sequence[np.ndarray],
+        needed_s: Sequence[float] | None = None,
+        options: Sequence[TranscribeOptions] | None = None,
+    ) -> list[tuple[int, ...]]:
         """Token ids (with timestamp tokens) for each <= 30 s window in ``audios``.
+
+        ``options``: each window's request options (``None``: the defaults for all).
 
         ``needed_s``: per window, how far into it the text is needed (the window minus its
         right stride); windows whose decoding stopped well before that are decoded to the
