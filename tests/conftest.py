@@ -80,14 +80,16 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(env_overrides: dict[str, str], log_path: Path, local_dir: Path, *, wait_ready: bool = True):
+def start_server(
+    env_overrides: dict[str, str], log_path: Path, local_dir: Path, *, wait_ready: bool = True, cwd: Path = ROOT
+):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_ID",)}
     env.update({"HOST": "127.0.0.1", "PORT": str(port), "PYTHONUNBUFFERED": "1", **env_overrides})
     with log_path.open("wb") as log_file:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
