@@ -31,7 +31,7 @@ RUN apt-get update \
 # --- deps: the pinned requirements; TORCH_FLAVOR=cpu takes torch from PyTorch's CPU index ----
 FROM base AS deps
 ARG TORCH_FLAVOR=cuda
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements.txt constraints-cuda.txt /tmp/
 # The CPU wheel is the same torch version (2.13.0+cpu satisfies torch==2.13.0) without the CUDA
 # libraries; its dependencies then come pinned from requirements.txt.
 # hadolint ignore=DL3013
@@ -41,7 +41,7 @@ RUN case "$TORCH_FLAVOR" in \
                 "$(grep '^torch==' /tmp/requirements.txt)" ;; \
         *) echo "TORCH_FLAVOR must be cuda or cpu, not '$TORCH_FLAVOR'" >&2; exit 1 ;; \
     esac \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
+    && pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/constraints-cuda.txt
 
 # --- model: fetch/convert MODEL_ID into /opt/model (a plain transformers checkpoint) ---------
 # Only the modules the prefetch needs are copied, so editing the API does not re-download weights.

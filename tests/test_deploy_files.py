@@ -172,6 +172,21 @@ def test_cpu_flavor_takes_torch_from_the_cpu_index():
     assert "-r /tmp/requirements.txt" in deps
 
 
+def _pins(name: str) -> dict[str, str]:
+    lines = [line for line in (ROOT / name).read_text().splitlines() if line and not line.startswith(("#", "-r"))]
+    pins = dict(line.split("==") for line in lines)
+    return {key.lower().replace("_", "-"): value for key, value in pins.items()}
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_cuda_libraries_are_pinned_too(name):
+    constraints = _pins("constraints-cuda.txt")
+    assert {"cuda-toolkit", "nvidia-cudnn-cu13", "triton"} <= set(constraints)
+    assert not set(constraints) & set(_pins("requirements.txt"))  # one pin per package
+    deps = " ".join(ins["value"] for ins in _stages(name)["deps"] if ins["instruction"] == "RUN")
+    assert "-r /tmp/requirements.txt -c /tmp/constraints-cuda.txt" in deps
+
+
 def test_build_context_holds_the_app_and_nothing_else():
     from docker.utils.build import exclude_paths
 
@@ -179,7 +194,8 @@ def test_build_context_holds_the_app_and_nothing_else():
         line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()[:1] not in "#"
     ]
     context = exclude_paths(str(ROOT), patterns)
-    for needed in ("wsgi.py", "gunicorn.conf.py", "requirements.txt", "requirements-fa2.txt", "app/settings.py"):
+    needed_files = ("wsgi.py", "gunicorn.conf.py", "requirements.txt", "requirements-fa2.txt", "constraints-cuda.txt")
+    for needed in (*needed_files, "app/settings.py"):
         assert needed in context
     assert any(p.startswith("app/inference/") for p in context)
     for path in context:
