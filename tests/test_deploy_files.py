@@ -336,3 +336,18 @@ def test_salad_probes_port_gpu_and_env():
     assert group["container"]["resources"]["gpu_classes"]
     assert group["replicas"] >= 1
     assert Settings(host=env["HOST"], port=port).bind == f"[::]:{port}"  # IPv6 for Salad's gateway
+
+
+def test_readme_deploying_section_names_real_files_and_build_args():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deploying", 1)[1].split("\n## ", 1)[0]
+    paths = set(re.findall(r"(?:deploy/[\w./-]*\w|Dockerfile(?:\.fa2)?|[\w-]+\.txt)", section))
+    expected = {"deploy/docker-compose.yml", "deploy/k8s/deployment.yaml", "Dockerfile.fa2", "constraints-cuda.txt"}
+    assert expected <= paths
+    for path in paths:
+        assert (ROOT / path).exists(), path
+    build_args = set(re.findall(r"--build-arg (\w+)=", section))
+    declared = {
+        ins["value"].split("=")[0] for name in DOCKERFILES for ins in _instructions(name) if ins["instruction"] == "ARG"
+    }
+    assert build_args and build_args <= declared, build_args - declared
