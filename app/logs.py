@@ -57,6 +57,16 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """``LOG_FORMAT=text``: one plain line, the request id in brackets (``-`` outside a request)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s [%(process)d] %(levelname)s %(name)s [%(request_id)s] %(message)s",
+            defaults={"request_id": "-"},
+        )
+
+
 def logconfig_dict(log_format: Literal["json", "text"], level: str = "INFO") -> dict:
     """A :func:`logging.config.dictConfig` for gunicorn's ``logconfig_dict`` (master and worker)."""
     if log_format == "json":
@@ -66,10 +76,7 @@ def logconfig_dict(log_format: Literal["json", "text"], level: str = "INFO") -> 
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
         }
     else:
-        formatter = {
-            "format": "%(asctime)s [%(process)d] %(levelname)s %(name)s [%(request_id)s] %(message)s",
-            "defaults": {"request_id": "-"},
-        }
+        formatter = {"()": TextFormatter}
     handler = ["stdout"]
     return {
         "version": 1,

@@ -125,6 +125,7 @@ def test_log_lines_are_json_and_carry_the_request_id(live_server, sentence_wav):
     # gunicorn's own lines go through the same JSON formatter
     boot = [line for line in live_server.log().splitlines() if "Listening at" in line]
     assert boot and json.loads(boot[0])["logger"] == "gunicorn.error"
+    assert "Logging error" not in live_server.log()
 
 
 def test_errors_and_streams_echo_the_id_and_log_it(live_server, sentence_wav):

@@ -3,10 +3,10 @@
 import io
 import json
 import logging
+import logging.config
 import uuid
 
 import pytest
-from pythonjsonlogger.json import JsonFormatter
 
 from app import create_app
 from app.logs import RequestIdFilter, logconfig_dict
@@ -68,10 +68,7 @@ def test_errors_and_streams_carry_the_id(client, sentence_wav):
 def _capture(log_format: str, *loggers: str):
     """A handler built like gunicorn's (app.logs.logconfig_dict) on ``loggers``, writing to a buffer."""
     config = logconfig_dict(log_format)["formatters"]["default"]
-    if log_format == "json":
-        formatter = JsonFormatter(**{k: v for k, v in config.items() if k != "()"})
-    else:
-        formatter = logging.Formatter(config["format"], defaults=config["defaults"])
+    formatter = logging.config.DictConfigurator({}).configure_formatter(dict(config))
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)
     handler.setFormatter(formatter)
