@@ -10,6 +10,7 @@ app's loggers and the access log all write through the same handler.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Literal
 
@@ -29,9 +30,10 @@ _REQUEST_ID_ATOM = "{x-request-id}o"  # the response header X-Request-ID
 
 def current_request_id() -> str | None:
     """The id of the request this code runs for, or None outside a request."""
-    from flask import g, has_request_context
-
-    return g.get("request_id") if has_request_context() else None
+    flask = sys.modules.get("flask")  # no flask imported (gunicorn's master): no request either
+    if flask is None or not flask.has_request_context():
+        return None
+    return flask.g.get("request_id")
 
 
 class RequestIdFilter(logging.Filter):
@@ -72,8 +74,9 @@ def logconfig_dict(log_format: Literal["json", "text"], level: str = "INFO") -> 
     if log_format == "json":
         formatter = {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": ["asctime", "levelname", "name", "process", "message"],
-            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            "fmt": ["levelname", "name", "process", "message"],
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601, UTC
         }
     else:
         formatter = {"()": TextFormatter}
