@@ -42,11 +42,11 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "gunicorn.access" and isinstance(record.args, Mapping):
             atoms = record.args
-            request_id = atoms[_REQUEST_ID_ATOM]
+            request_id = atoms.get(_REQUEST_ID_ATOM)
             if request_id and request_id != "-":
                 record.request_id = request_id
             for atom, (name, kind) in _ACCESS_FIELDS.items():
-                value = atoms[atom]
+                value = atoms.get(atom)
                 if value not in (None, "", "-"):
                     try:
                         setattr(record, name, kind(value))

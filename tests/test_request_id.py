@@ -129,3 +129,18 @@ def test_text_log_lines_show_the_id_or_a_dash(client, sentence_wav):
     first, second = buffer.getvalue().splitlines()
     assert " INFO app.api.transcribe [t1] transcribed " in first
     assert second.endswith(" WARNING app.api.transcribe [-] outside any request")
+
+
+def test_access_records_get_the_response_id_and_typed_fields():
+    from gunicorn.glogging import SafeAtoms
+
+    atoms = {"h": "10.1.2.3", "m": "POST", "U": "/asr", "q": "", "s": "200", "B": 612, "L": "0.840000", "a": "curl"}
+    record = logging.LogRecord(
+        "gunicorn.access", logging.INFO, "", 0, "%(s)s", (SafeAtoms(atoms | {"{x-request-id}o": "a-1"}),), None
+    )
+    assert RequestIdFilter().filter(record)
+    assert record.request_id == "a-1" and record.status == 200 and record.bytes == 612 and record.duration_s == 0.84
+    assert (record.remote_addr, record.method, record.path, record.user_agent) == ("10.1.2.3", "POST", "/asr", "curl")
+    assert not hasattr(record, "query") and record.getMessage() == "200"
+    record = logging.LogRecord("gunicorn.access", logging.INFO, "", 0, "%(s)s", (SafeAtoms(atoms),), None)
+    assert RequestIdFilter().filter(record) and not hasattr(record, "request_id")  # a reply without the header
