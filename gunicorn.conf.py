@@ -6,6 +6,7 @@ same Settings object the app uses (see README).
 
 import logging
 
+from app.logs import logconfig_dict as _logconfig_dict
 from app.settings import Settings
 
 _settings = Settings()
@@ -22,6 +23,8 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = "info"
+# One formatter (LOG_FORMAT: json | text) for gunicorn's error and access logs and the app's loggers.
+logconfig_dict = _logconfig_dict(_settings.log_format)
 forwarded_allow_ips = "127.0.0.1"
 
 

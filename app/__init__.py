@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     from flask import Flask
     from flask_smorest import Api
 
-    from app.api import asr, health, metrics, openai_compat
+    from app.api import asr, auth, health, metrics, openai_compat, request_id
     from app.api.errors import register_error_handlers
     from app.inference.engine import Engine
     from app.metrics import build_registry
@@ -42,7 +42,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.extensions["asr_settings"] = settings
     app.extensions["asr_engine"] = engine
     app.extensions["asr_metrics_registry"], app.extensions["asr_metrics"] = build_registry(engine)
-    api = Api(app)
+    request_id.register_request_id(app)  # first: every later hook, error and log line has the id
+    auth.register_auth(app, settings)
+    api = Api(app, spec_kwargs=auth.spec_kwargs(settings))
     for module in (health, asr, openai_compat, metrics):
         api.register_blueprint(module.blp)
     register_error_handlers(app)

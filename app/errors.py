@@ -33,9 +33,7 @@ class ApiError(Exception):
             kind = "rate_limit_error"
         elif self.status >= 500:
             kind = "server_error"
-        elif self.status == 401:
-            kind = "authentication_error"
-        else:
+        else:  # OpenAI answers a bad key with 401 invalid_request_error / invalid_api_key too
             kind = "invalid_request_error"
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 

@@ -12,6 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from app.inference.batcher import WAIT_BUCKETS
+
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -58,6 +60,14 @@ class EngineCollector(Collector):
         buckets.append(("+Inf", stats.batches))
         yield HistogramMetricFamily(
             "asr_batch_size", "Windows per model batch", buckets=buckets, sum_value=stats.chunks
+        )
+        waits = [(str(bound), sum(n for b, n in stats.waits.items() if b <= bound)) for bound in WAIT_BUCKETS]
+        waits.append(("+Inf", stats.waited_windows))
+        yield HistogramMetricFamily(
+            "asr_queue_wait_seconds",
+            "Time each 30 s window waited in the queue before its model batch started",
+            buckets=waits,
+            sum_value=stats.wait_seconds,
         )
 
 

@@ -9,10 +9,11 @@ nothing else in the code base reads ``os.environ``.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 EMBEDDED_TINY_EN = "embedded/whisper-tiny.en"
@@ -29,7 +30,24 @@ class Settings(BaseSettings):
     gevent_connections: int = Field(
         1000, ge=1, description="Concurrent connections one gevent worker accepts (gunicorn worker_connections)."
     )
-    api_key: str | None = Field(None, description="Reserved for bearer-token auth (not enforced yet).")
+    api_key: SecretStr | None = Field(
+        None,
+        description=(
+            "When set, every route except `/hc` (and the open ones below) requires `Authorization: Bearer <key>`; "
+            "unset: no auth. Printable ASCII without spaces."
+        ),
+    )
+    public_docs: bool = Field(
+        True, description="With `API_KEY`: `/docs`, its assets and `/openapi.json` stay open (no key needed)."
+    )
+    public_metrics: bool = Field(False, description="With `API_KEY`: `/metrics` stays open (no key needed).")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description=(
+            "gunicorn's and the app's log lines: `json` (one object per line: time, level, logger, process, "
+            "message, and `request_id` for lines about a request) or `text`."
+        ),
+    )
 
     # --- model --------------------------------------------------------------------
     model_id: str = Field(
@@ -115,6 +133,14 @@ class Settings(BaseSettings):
         # Path("") is ".", the working directory: never let an empty value mean "read cwd".
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # a bearer token is one header word: visible ASCII only (RFC 6750's b64token is stricter)
+        if value is not None and not re.fullmatch(r"[!-~]+", value.get_secret_value()):
+            raise ValueError("API_KEY must be printable ASCII without spaces")
         return value
 
     @field_validator("url_allowed_networks", mode="before")

@@ -48,3 +48,28 @@ def test_cancel_drops_queued_windows_and_wakes_their_waiter():
     finally:
         batcher.stop()
     assert log == [[7]]  # nothing of the cancelled request reached the model
+
+
+def test_queue_wait_of_each_window_is_counted_by_bucket():
+    import time
+
+    from app.inference.batcher import WAIT_BUCKETS
+
+    def run(payloads):  # the model thread: each batch takes 1 s
+        time.sleep(1.0)
+        return payloads
+
+    batcher = Batcher(run, max_batch_size=2, max_wait_s=0.0)
+    jobs = batcher.submit(Ticket(), [1, 2, 3])
+    batcher.start()
+    try:
+        assert [j.result.get(timeout=10) for j in jobs] == [1, 2, 3]
+    finally:
+        batcher.stop()
+    stats = batcher.stats
+    assert stats.waited_windows == 3 and sum(stats.waits.values()) == 3
+    # the third window waited for the first batch (> 1 s); the first two hardly at all
+    assert sum(n for bound, n in stats.waits.items() if bound > 1.0) == 1
+    assert sum(n for bound, n in stats.waits.items() if bound <= 1.0) == 2
+    assert set(stats.waits) <= set(WAIT_BUCKETS)
+    assert 1.0 <= stats.wait_seconds < 1.0 + 10.0

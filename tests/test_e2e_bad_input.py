@@ -1,6 +1,6 @@
 """Bad input over real HTTP against the session's gunicorn server: documented 4xx, nothing leaks, no 5xx.
 
-Every refusal must be the JSON error envelope ``{"error": {"code", "message", "status"}}`` with the status
+Every refusal must be the JSON error envelope ``{"error": {"code", "message", "status", "request_id"}}`` with the status
 the README's error table gives, and no reply may reveal a stack trace or a server path (a message may
 repeat the client's own path back). The last tests check that the server still answers and transcribes
 after all of it, and that nothing it handled here ended in an unhandled exception in its log.
@@ -55,7 +55,8 @@ def assert_envelope(r: requests.Response, status: int, code: str | set[str] | No
     assert r.headers.get("Content-Type", "").startswith("application/json"), r.headers
     body = r.json()
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "status"}, body
+    assert set(body["error"]) == {"code", "message", "status", "request_id"}, body
+    assert body["error"]["request_id"] == r.headers["X-Request-ID"], body
     assert body["error"]["status"] == status, body
     assert isinstance(body["error"]["message"], str) and body["error"]["message"], body
     if code is not None:

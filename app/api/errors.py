@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, has_request_context, jsonify, request
+from flask import Flask, g, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app.errors import ApiError, InternalError
@@ -18,7 +18,10 @@ OPENAI_PREFIX = "/v1/"
 def error_response(exc: ApiError):
     # the /v1 routes speak OpenAI's error shape, which its SDKs parse; the rest our own
     openai = has_request_context() and request.path.startswith(OPENAI_PREFIX)
-    response = jsonify(exc.to_openai_dict() if openai else exc.to_dict())
+    body = exc.to_openai_dict() if openai else exc.to_dict()
+    if has_request_context() and g.get("request_id") and not openai:  # OpenAI's clients read the header
+        body["error"]["request_id"] = g.request_id
+    response = jsonify(body)
     response.status_code = exc.status
     for key, value in exc.headers.items():
         response.headers[key] = value

@@ -30,7 +30,7 @@ def register_request_metrics(app: Flask) -> None:
 class Metrics(MethodView):
     @blp.response(200, description="Prometheus text format.", content_type="text/plain")
     def get(self):
-        """Prometheus metrics: requests, audio seconds, realtime factor, queue depth, batch sizes."""
+        """Prometheus metrics: requests, audio seconds, realtime factor, queue depth and wait, batch sizes."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         body = generate_latest(current_app.extensions["asr_metrics_registry"])

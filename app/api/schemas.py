@@ -73,6 +73,7 @@ class ErrorBody(Schema):
     code = fields.String(metadata={"description": "Stable machine-readable error code."})
     message = fields.String()
     status = fields.Integer()
+    request_id = fields.String(metadata={"description": "The request's id, as in its X-Request-ID header."})
 
 
 class ErrorResponse(Schema):

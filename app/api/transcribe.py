@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import request
 
 from app.api import context
@@ -13,6 +15,8 @@ from app.inference.engine import Engine
 from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions
 from app.inference.whisper import Transcription
 from app.threads import run_blocking
+
+log = logging.getLogger(__name__)
 
 
 def ready_engine() -> Engine:
@@ -42,6 +46,8 @@ def transcribe(engine: Engine, audio, options: TranscribeOptions = DEFAULT_OPTIO
     segments = engine.stream(audio, options=options)
     try:
         with watch_disconnect(request.environ, segments.cancel):
-            return segments.collect()
+            result = segments.collect()
     except Cancelled:  # nobody reads this reply
         raise ClientClosedRequest("The client closed the connection.") from None
+    log.info("transcribed %.2f s of audio into %d segments", result.audio_seconds, len(result.segments))
+    return result

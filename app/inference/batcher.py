@@ -37,6 +37,7 @@ class Job:
     owner: Any  # the Ticket it belongs to
     payload: Any
     result: gevent.event.AsyncResult = field(default_factory=gevent.event.AsyncResult)
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 class Ticket:
@@ -126,6 +127,10 @@ class FairQueue:
         return out
 
 
+# Upper bounds (seconds) of the queue-wait buckets counted in BatchStats.waits.
+WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 @dataclass
 class BatchStats:
     batches: int = 0
@@ -133,6 +138,15 @@ class BatchStats:
     multi_request_batches: int = 0
     sizes: Counter = field(default_factory=Counter)
     busy_seconds: float = 0.0
+    # queue wait of each window that reached a batch (submit -> its batch starts)
+    waited_windows: int = 0
+    wait_seconds: float = 0.0
+    waits: Counter = field(default_factory=Counter)  # WAIT_BUCKETS bound (or inf) -> windows
+
+    def record_wait(self, seconds: float) -> None:
+        self.waited_windows += 1
+        self.wait_seconds += seconds
+        self.waits[next((b for b in WAIT_BUCKETS if seconds <= b), math.inf)] += 1
 
     @property
     def mean_occupancy(self) -> float:
@@ -210,6 +224,9 @@ class Batcher:
                     break
                 batch.extend(more)
             if batch:
+                now = time.monotonic()
+                for job in batch:
+                    self.stats.record_wait(now - job.queued_at)
                 self._execute(batch)
                 for owner in {id(j.owner): j.owner for j in batch}.values():
                     owner.ran_batch()
