@@ -91,10 +91,10 @@ def parse_segments(
     return segments
 
 
-def _sliced(seg: RawSegment, start: int, stop: int | None = None, **changes) -> RawSegment:
-    """``seg`` with ``tokens[start:stop]``, its token times sliced alike."""
-    times = seg.times[start:stop] if seg.times is not None else None
-    return replace(seg, tokens=seg.tokens[start:stop], times=times, **changes)
+def _sliced(seg: RawSegment, first: int, stop: int | None = None, **changes) -> RawSegment:
+    """``seg`` with ``tokens[first:stop]``, its token times sliced alike."""
+    times = seg.times[first:stop] if seg.times is not None else None
+    return replace(seg, tokens=seg.tokens[first:stop], times=times, **changes)
 
 
 def _dedupe(left: RawSegment, right: RawSegment, *, anchored: bool) -> tuple[RawSegment, RawSegment]:
