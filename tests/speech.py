@@ -89,3 +89,33 @@ def place_words(words, starts, total_s: float, workdir: Path, *, speed: int = 15
         at = round((start - onset) * 16_000)
         out[at : at + len(clip)] += clip[: len(out) - at]
     return out
+
+
+def spoken_words(sentences, workdir: Path, *, pause_s: float = 0.8, gap_s: float = 0.06, speed: int = 160):
+    """Continuous speech with a known start for every word.
+
+    Each word is read alone by espeak-ng and trimmed to its sound (:func:`sound_span`); a
+    sentence is its words back to back (``gap_s`` apart), sentences are ``pause_s`` apart,
+    with ``pause_s`` of silence before and after. Returns the 16 kHz samples and, per word,
+    ``(word, start second)``.
+    """
+    import numpy as np
+
+    from app.audio.decode import decode_audio
+
+    rate = 16_000
+    parts = [np.zeros(round(pause_s * rate), dtype=np.float32)]
+    truth: list[tuple[str, float]] = []
+    t = pause_s
+    for s, sentence in enumerate(sentences):
+        for i, word in enumerate(sentence.split()):
+            clip = decode_audio(speak(word, workdir / f"seq-{s}-{i}.wav", speed=speed).read_bytes(), max_seconds=60)
+            on, off = sound_span(clip)
+            clip = clip[round(on * rate) : round(off * rate)]
+            truth.append((normalize(word), t))
+            gap = np.zeros(round(gap_s * rate), dtype=np.float32)
+            parts += [clip, gap]
+            t += (len(clip) + len(gap)) / rate
+        parts.append(np.zeros(round(pause_s * rate), dtype=np.float32))
+        t += pause_s
+    return np.concatenate(parts), truth

@@ -93,7 +93,9 @@ def token_boundaries(scores: np.ndarray, num_frames: int, *, medfilt_width: int 
     return time_index[first] / FRAMES_PER_SECOND
 
 
-def snap_to_sound(spans: Sequence[tuple[float, float]], audio: np.ndarray) -> list[tuple[float, float]]:
+def snap_to_sound(
+    spans: Sequence[tuple[float, float]], audio: np.ndarray, starts_word: Sequence[bool] | None = None
+) -> list[tuple[float, float]]:
     """The text tokens' (start, end) in the window (in order) fitted to the sound around them.
 
     DTW gives every frame to some token, so a pause before a word often goes to that word
@@ -102,7 +104,12 @@ def snap_to_sound(spans: Sequence[tuple[float, float]], audio: np.ndarray) -> li
     :data:`MAX_GAP_S` count as one; the longest run is the token's), and when that stretch
     touches an edge of the span, it is followed on past that edge while the sound lasts,
     but never into the neighbouring text tokens' spans. The idea of stable-ts' silence
-    suppression, on frame energy. A span without any sound keeps its times.
+    suppression, on frame energy.
+
+    The timestamp tokens between segments also get frames from DTW, and now and then the
+    whole of a word (the word's own span shrinks to nothing). So a token that begins a word
+    (``starts_word``) and has no sound in its span takes the stretch of sound nearest to it
+    between the previous token and the next one. Any other span without sound keeps its times.
     """
     hop = SAMPLE_RATE // FRAMES_PER_SECOND
     frames = len(audio) // hop
@@ -117,13 +124,24 @@ def snap_to_sound(spans: Sequence[tuple[float, float]], audio: np.ndarray) -> li
         first = min(round(start * FRAMES_PER_SECOND), frames)
         last = min(max(round(end * FRAMES_PER_SECOND), first), frames)
         ceiling = min(round(spans[n + 1][0] * FRAMES_PER_SECOND), frames) if n + 1 < len(spans) else frames
+        searching = starts_word is not None and starts_word[n] and not voiced[first:last].any()
+        if searching:  # the word's sound went to a timestamp token: look around it
+            first, last = floor, max(ceiling, floor)
         sound = np.flatnonzero(voiced[first:last])
+        if searching and sound.size and ceiling < frames and voiced[ceiling]:
+            # sound running on into the next token's span is that token's
+            own = np.flatnonzero(~voiced[first + sound[0] : ceiling])
+            sound = sound[: np.searchsorted(sound, own[-1] + sound[0])] if own.size else sound[:0]
         if sound.size:
             # split where two sound frames are more than max_gap apart; keep the longest run
             breaks = np.flatnonzero(np.diff(sound) > max_gap + 1)
             run_starts = np.concatenate(([0], breaks + 1))
             run_ends = np.concatenate((breaks, [sound.size - 1]))
-            k = int(np.argmax(sound[run_ends] - sound[run_starts]))
+            if searching:  # the stretch nearest to where DTW put the word
+                raw = round(start * FRAMES_PER_SECOND) - first
+                k = int(np.argmin(np.maximum(sound[run_starts] - raw, 0) + np.maximum(raw - sound[run_ends], 0)))
+            else:
+                k = int(np.argmax(sound[run_ends] - sound[run_starts]))
             a, b = first + int(sound[run_starts[k]]), first + int(sound[run_ends[k]]) + 1
             if a == first:
                 while a - 1 >= floor and voiced[a - 1]:

@@ -7,6 +7,7 @@ model so that nothing else can run it concurrently.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -202,10 +203,17 @@ class WhisperRunner:
             rows = row_scores[:, prompt_len - 1 : len(seq) - 1].cpu().numpy()
             frames = round(len(audios[i]) / SAMPLE_RATE / TIME_PRECISION)
             bounds = token_boundaries(rows, frames)
-            text = [(n, k) for n, k in enumerate(positions) if results[i][k] < self._eot]
-            spans = snap_to_sound([(float(bounds[n]), float(bounds[n + 1])) for n, _ in text], audios[i])
             times: list[tuple[float, float] | None] = [None] * len(results[i])
-            for (_, k), span in zip(text, spans, strict=True):
+            spoken, starts_word = [], []  # text tokens with sound of their own (not punctuation)
+            for n, k in enumerate(positions):
+                if results[i][k] < self._eot:
+                    times[k] = (float(bounds[n]), float(bounds[n + 1]))
+                    piece = self._text([results[i][k]])
+                    if piece.strip() and not all(c in string.punctuation for c in piece.strip()):
+                        spoken.append(k)
+                        starts_word.append(piece.startswith(" "))
+            snapped = snap_to_sound([times[k] for k in spoken], audios[i], starts_word)  # type: ignore[misc]
+            for k, span in zip(spoken, snapped, strict=True):
                 times[k] = span
             out[i] = tuple(times)
         return out
