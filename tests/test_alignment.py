@@ -111,3 +111,17 @@ def test_fit_words_clamps_to_the_segment_and_keeps_order():
     assert all(0.8 <= w.start <= w.end <= 3.0 for w in fitted)
     # the last word stretched over the pause after it is cut to twice the median word (0.5 s)
     assert fitted[-1].end - fitted[-1].start == pytest.approx(1.0)
+
+
+def test_a_word_whose_sound_went_to_a_timestamp_token_finds_it_nearby():
+    audio = _tone([(1.0, 1.5), (3.0, 3.4), (4.8, 5.3)], 6.0)
+    # DTW left " B" an empty span at 4.0: its sound (3.0-3.4) went to the timestamps between
+    spans = [(0.9, 1.6), (4.0, 4.0), (4.0, 4.0), (5.0, 5.5)]
+    snapped = snap_to_sound(spans, audio, starts_word=[True, True, True, True])
+    assert snapped[0] == pytest.approx((1.0, 1.5))
+    assert snapped[1] == pytest.approx((3.0, 3.4))
+    # sound that runs on into the next token's span (4.8-5.3) is that token's, not this one's
+    assert snapped[2] == pytest.approx((4.0, 4.0))
+    assert snapped[3] == pytest.approx((4.8, 5.3))
+    # a token inside a word (no leading space) is not moved to sound elsewhere
+    assert snap_to_sound(spans, audio, starts_word=[True, False, False, True])[1] == (4.0, 4.0)

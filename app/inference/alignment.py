@@ -152,7 +152,7 @@ def snap_to_sound(
             start, end = a / FRAMES_PER_SECOND, b / FRAMES_PER_SECOND
             floor = b
         else:
-            floor = max(floor, last)
+            floor = max(floor, min(round(end * FRAMES_PER_SECOND), frames))
         out.append((float(start), float(end)))
     return out
 
