@@ -116,3 +116,21 @@ def test_continuous_speech(engine, speech_dir):
     pairs = matched_starts(result, text, [t for _, t in truth])
     assert len(pairs) >= 0.75 * len(text), result.text
     check_continuous_errors(pairs, result.text)
+
+
+def test_generate_decoder_gets_the_same_word_times(model_cache, speech_dir):
+    """DECODER=generate: the same alignment pass answers word requests (built on first use)."""
+    from app.inference.model_loader import load_model
+    from app.inference.whisper import WhisperRunner
+
+    loaded = load_model(Settings(cache_dir=model_cache, dtype="float32"))
+    lean = WhisperRunner(loaded, max_new_tokens=128, decoder="lean")
+    reference = WhisperRunner(loaded, max_new_tokens=128, decoder="generate")
+    audio = place_words(WORDS, STARTS, 25.0, speech_dir)
+    tokens = lean.generate([audio])
+    assert reference._aligner is None
+    ours = lean.token_times([audio], tokens, [WORD_OPTIONS])
+    theirs = reference.token_times([audio], tokens, [WORD_OPTIONS])
+    assert ours == theirs and ours[0] is not None
+    assert sum(t is not None for t in ours[0]) == sum(tok < lean._eot for tok in tokens[0])
+    assert lean.token_times([audio], tokens, [TranscribeOptions()]) == [None]  # not asked: nothing
