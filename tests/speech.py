@@ -62,3 +62,60 @@ def longest_runs(reference: str, hypothesis: str) -> tuple[int, int]:
         elif chunk.type == "insert":
             longest_ins = max(longest_ins, chunk.hyp_end_idx - chunk.hyp_start_idx)
     return longest_del, longest_ins
+
+
+def sound_span(audio, rate: int = 16_000) -> tuple[float, float]:
+    """First and last 10 ms frame of ``audio`` above 5% of its loudest frame's RMS (seconds)."""
+    import numpy as np
+
+    hop = rate // 100
+    frames = audio[: len(audio) // hop * hop].reshape(-1, hop)
+    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
+    loud = np.flatnonzero(rms > 0.05 * rms.max())
+    return loud[0] / 100, (loud[-1] + 1) / 100
+
+
+def place_words(words, starts, total_s: float, workdir: Path, *, speed: int = 150):
+    """16 kHz audio of ``total_s`` seconds with each word spoken (espeak-ng) so that its sound
+    begins at the matching ``starts`` second; silence elsewhere. Returns the samples."""
+    import numpy as np
+
+    from app.audio.decode import decode_audio
+
+    out = np.zeros(int(total_s * 16_000), dtype=np.float32)
+    for i, (word, start) in enumerate(zip(words, starts, strict=True)):
+        clip = decode_audio(speak(word, workdir / f"word-{word}-{i}.wav", speed=speed).read_bytes(), max_seconds=60)
+        onset, _ = sound_span(clip)
+        at = round((start - onset) * 16_000)
+        out[at : at + len(clip)] += clip[: len(out) - at]
+    return out
+
+
+def spoken_words(sentences, workdir: Path, *, pause_s: float = 0.8, gap_s: float = 0.06, speed: int = 160):
+    """Continuous speech with a known start for every word.
+
+    Each word is read alone by espeak-ng and trimmed to its sound (:func:`sound_span`); a
+    sentence is its words back to back (``gap_s`` apart), sentences are ``pause_s`` apart,
+    with ``pause_s`` of silence before and after. Returns the 16 kHz samples and, per word,
+    ``(word, start second)``.
+    """
+    import numpy as np
+
+    from app.audio.decode import decode_audio
+
+    rate = 16_000
+    parts = [np.zeros(round(pause_s * rate), dtype=np.float32)]
+    truth: list[tuple[str, float]] = []
+    t = pause_s
+    for s, sentence in enumerate(sentences):
+        for i, word in enumerate(sentence.split()):
+            clip = decode_audio(speak(word, workdir / f"seq-{s}-{i}.wav", speed=speed).read_bytes(), max_seconds=60)
+            on, off = sound_span(clip)
+            clip = clip[round(on * rate) : round(off * rate)]
+            truth.append((normalize(word), t))
+            gap = np.zeros(round(gap_s * rate), dtype=np.float32)
+            parts += [clip, gap]
+            t += (len(clip) + len(gap)) / rate
+        parts.append(np.zeros(round(pause_s * rate), dtype=np.float32))
+        t += pause_s
+    return np.concatenate(parts), truth

@@ -1,6 +1,7 @@
 """The overlap merge on hand-made window outputs (token ids stand in for words)."""
 
 import numpy as np
+import pytest
 
 from app.inference.chunking import SAMPLE_RATE, Chunk
 from app.inference.merge import merge_windows, parse_segments
@@ -77,3 +78,26 @@ def test_fallback_keeps_the_words_after_a_left_segment_that_closed_short_of_the_
     assert [t for s in merged for t in s.tokens] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     starts = [s.start for s in merged]
     assert starts == sorted(starts)
+
+
+def test_token_times_travel_with_their_tokens_through_the_merge():
+    """Word timestamps: each token's time stays its own when the merge cuts and dedupes."""
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    left_tokens = [ts(0), 1, 2, ts(12), ts(12), 3, 4, 5, 6, ts(24.5)]
+    right_tokens = [ts(0), 3, 4, ts(4.1), ts(4.1), 5, 6, 7, 8, ts(9)]
+
+    def times(tokens, shift):  # a token's time in its window encodes its id (and its window)
+        return [None if t >= TS else (t + shift, t + shift + 0.1) for t in tokens]
+
+    left = parse_segments(left_tokens, a, TS, P, times=times(left_tokens, 0.0))
+    right = parse_segments(right_tokens, b, TS, P, times=times(right_tokens, 0.5))
+    merged = merge_windows([(a, left), (b, right)])
+    pairs = [(tok, t) for s in merged for tok, t in zip(s.tokens, s.times, strict=True)]
+    assert [tok for tok, _ in pairs] == [1, 2, 3, 4, 5, 6, 7, 8]
+    for tok, (start, end) in pairs:
+        assert start in (tok, 20 + tok + 0.5)  # whole-file seconds, from the window that kept it
+        assert end == pytest.approx(start + 0.1)
+    assert dict(pairs)[7][0] == 27.5  # only the right window heard 7
+    # without word timestamps nothing is carried
+    assert all(s.times is None for s in merge_windows([(a, parse_segments(left_tokens, a, TS, P))]))

@@ -56,7 +56,7 @@ def test_srt_and_vtt_parse_and_cover_the_speech(client, sentence_wav):
 
 def test_errors_are_openai_shaped_and_name_the_field(client, sentence_wav):
     with pytest.raises(openai.UnprocessableEntityError) as caught:
-        _create(client, sentence_wav, response_format="verbose_json", timestamp_granularities=["word"])
+        _create(client, sentence_wav, response_format="json", timestamp_granularities=["word"])
     error = caught.value.body
     assert error["param"] == "timestamp_granularities[]" and error["type"] == "invalid_request_error"
     with pytest.raises(openai.UnprocessableEntityError) as caught:

@@ -7,9 +7,11 @@ SDKs use (``client.audio.transcriptions.create(model=..., file=...)``), errors i
 Fields: ``file`` (required), ``model`` (required, as OpenAI's; any name is served by the
 loaded model, so ``whisper-1`` works), ``language`` (``en`` only for English-only
 models), ``response_format`` (``json`` | ``text`` | ``srt`` | ``vtt`` | ``verbose_json``),
-``timestamp_granularities[]`` (``segment``), ``prompt`` and ``temperature`` (accepted for
-compatibility; decoding is greedy with the fallback of :mod:`app.inference.fallback`).
-Not yet: word timestamps, ``stream=true`` and ``/v1/audio/translations`` (each a 422 naming the field).
+``timestamp_granularities[]`` (``segment`` and/or ``word``, with ``verbose_json``: word
+timestamps add a top-level ``words: [{word, start, end}]``), ``prompt`` and ``temperature``
+(accepted for compatibility; decoding is greedy with the fallback of
+:mod:`app.inference.fallback`).
+Not yet: ``stream=true`` and ``/v1/audio/translations`` (each a 422 naming the field).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from app.api.intake import audio_bytes_from_request
 from app.api.subtitles import to_srt, to_vtt
 from app.api.transcribe import decode, ready_engine, transcribe
 from app.errors import BadRequest, InvalidField
+from app.inference.options import TranscribeOptions
 
 blp = Blueprint("openai", __name__, url_prefix="/v1", description="OpenAI-compatible API")
 
@@ -56,12 +59,21 @@ class VerboseSegment(Schema):
     text = fields.String()
 
 
+class VerboseWord(Schema):
+    word = fields.String()
+    start = fields.Float()
+    end = fields.Float()
+
+
 class TranscriptionVerbose(Schema):
     task = fields.String(metadata={"example": "transcribe"})
     language = fields.String(metadata={"example": "english"})
     duration = fields.Float()
     text = fields.String()
     segments = fields.List(fields.Nested(VerboseSegment))
+    words = fields.List(
+        fields.Nested(VerboseWord), metadata={"description": "With `timestamp_granularities[]=word` only."}
+    )
 
 
 class OpenAIErrorBody(Schema):
@@ -98,7 +110,10 @@ _FORM = {
                 "prompt": {"type": "string"},
                 "response_format": {"type": "string", "enum": list(FORMATS)},
                 "temperature": {"type": "number", "minimum": 0, "maximum": 1},
-                "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment"]}},
+                "timestamp_granularities[]": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["segment", "word"]},
+                },
                 "stream": {"type": "boolean"},
             },
             "required": ["file", "model"],
@@ -116,12 +131,11 @@ def _form() -> dict:
     granularities = request.form.getlist("timestamp_granularities[]") or request.form.getlist("timestamp_granularities")
     if any(g not in ("segment", "word") for g in granularities):
         raise InvalidField("timestamp_granularities[] takes segment or word.", param="timestamp_granularities[]")
-    if "word" in granularities:
-        raise InvalidField("Word timestamps are not available yet on this server.", param="timestamp_granularities[]")
     if granularities and form["response_format"] != "verbose_json":
         raise InvalidField(
             "timestamp_granularities[] needs response_format=verbose_json.", param="timestamp_granularities[]"
         )
+    form["granularities"] = set(granularities) or {"segment"}
     if form["stream"]:
         raise InvalidField("stream=true is not available yet on this server; use POST /asr?stream=1.", param="stream")
     return form
@@ -157,7 +171,8 @@ class Transcriptions(MethodView):
             raise InvalidField(
                 f"The model {engine.info['model_id']} transcribes English only (language=en).", param="language"
             )
-        result = transcribe(engine, decode(data))
+        words = "word" in form["granularities"]
+        result = transcribe(engine, decode(data), TranscribeOptions(word_timestamps=words))
         context.metrics().transcribed(result.audio_seconds, time.perf_counter() - started)
         fmt = form["response_format"]
         if fmt == "text":
@@ -171,10 +186,13 @@ class Transcriptions(MethodView):
                 "task": "transcribe",
                 "duration": round(result.audio_seconds, 3),
                 "text": result.text,
-                "segments": [
-                    {"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(result.segments)
-                ],
             }
+            if "segment" in form["granularities"]:
+                body["segments"] = [
+                    {"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(result.segments)
+                ]
+            if words:  # OpenAI's words carry no surrounding spaces
+                body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in result.words]
             if not engine.info.get("multilingual"):
                 body["language"] = "english"
             return jsonify(body)  # not through the `json` schema, which would keep `text` only

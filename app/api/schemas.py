@@ -39,6 +39,18 @@ class AsrQuery(Schema):
         },
     )
 
+    return_timestamps = fields.String(
+        load_default="segment",
+        validate=validate.OneOf(["segment", "word"]),
+        metadata={
+            "description": (
+                "`segment` (default): timed chunks; `word`: each chunk also gets `words` "
+                "(`[{word, start, end}]`, seconds of the whole file, from the alignment heads' "
+                "cross-attention); JSON and NDJSON only."
+            )
+        },
+    )
+
 
 class StreamDone(Schema):
     done = fields.Boolean(metadata={"example": True})
@@ -50,11 +62,21 @@ class StreamDone(Schema):
     device = fields.String()
 
 
+class TimedWord(Schema):
+    word = fields.String(metadata={"description": "The word as in the chunk's text, with its leading space."})
+    start = fields.Float(metadata={"description": "seconds"})
+    end = fields.Float(metadata={"description": "seconds"})
+
+
 class TimedChunk(Schema):
     timestamp = fields.List(
         fields.Float(), validate=validate.Length(equal=2), metadata={"description": "[start, end] in seconds"}
     )
     text = fields.String()
+    words = fields.List(
+        fields.Nested(TimedWord),
+        metadata={"description": "With `return_timestamps=word` only: the chunk's words; joined, its text."},
+    )
 
 
 class AsrResponse(Schema):

@@ -148,6 +148,37 @@ class GreedyDecoder:
             pos += 1
         return results
 
+    @torch.inference_mode()
+    def alignment_scores(
+        self, input_features: torch.Tensor, sequences: list[list[int]], heads: list[tuple[int, int]]
+    ) -> list[torch.Tensor]:
+        """Teacher-forced cross-attention scores of the alignment ``heads`` ([layer, head]).
+
+        One decoder pass over each window's whole ``sequences`` row (rows are padded at the
+        end: the causal self-attention keeps padding from touching earlier positions).
+        Returns, per window, a float32 (heads, len(row), frames) tensor of scaled logits
+        before softmax (see :mod:`app.inference.alignment`).
+        """
+        encoder_out = self.model.model.encoder(input_features).last_hidden_state
+        batch = encoder_out.shape[0]
+        device, dtype = encoder_out.device, encoder_out.dtype
+        length = max(len(row) for row in sequences)
+        cross, caches = [], []
+        for layer in self.layers:
+            attn = layer.encoder_attn
+            scale = attn.head_dim**-0.5
+            keys_t = (self._split_heads(attn.k_proj(encoder_out)) * scale).transpose(-1, -2)
+            values = self._split_heads(attn.v_proj(encoder_out))
+            cross.append((keys_t, values))
+            shape = (batch, self.heads, length, values.shape[-1])
+            caches.append(tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2)))
+        pad = self.rules.eot
+        tokens = torch.tensor([row + [pad] * (length - len(row)) for row in sequences], device=device)
+        captured: list[torch.Tensor] = []
+        self._step(tokens, 0, cross, caches, capture=captured)
+        picked = torch.stack([captured[layer][:, head] for layer, head in heads], dim=1).float()
+        return [picked[i, :, : len(row)] for i, row in enumerate(sequences)]
+
     def _pick(
         self,
         logits: torch.Tensor,
@@ -190,8 +221,11 @@ class GreedyDecoder:
             return torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return torch.where(forced, stamps.argmax(dim=-1) + begin, text_id)
 
-    def _step(self, tokens: torch.Tensor, pos: int, cross, caches) -> torch.Tensor:
-        """Run the decoder on ``tokens`` at positions ``pos...``; logits of the last position."""
+    def _step(self, tokens: torch.Tensor, pos: int, cross, caches, capture: list | None = None) -> torch.Tensor:
+        """Run the decoder on ``tokens`` at positions ``pos...``; logits of the last position.
+
+        ``capture``: a list that gets each layer's cross-attention scores (before softmax).
+        """
         length = tokens.shape[1]
         h = self.embed_tokens(tokens) + self.embed_positions[pos : pos + length]
         end = pos + length
@@ -211,7 +245,10 @@ class GreedyDecoder:
             residual = h
             x = layer.encoder_attn_layer_norm(h)
             q = self._split_heads(layer.encoder_attn.q_proj(x))
-            attn = torch.matmul(torch.matmul(q, ck).softmax(dim=-1), cv)
+            scores = torch.matmul(q, ck)
+            if capture is not None:
+                capture.append(scores)
+            attn = torch.matmul(scores.softmax(dim=-1), cv)
             h = residual + layer.encoder_attn.out_proj(attn.transpose(1, 2).reshape(h.shape))
 
             residual = h

@@ -29,7 +29,7 @@ from app.inference.batcher import Batcher, Job, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
 from app.inference.merge import WindowMerger
 from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions, Window
-from app.inference.whisper import DecodedChunk, Segment, Transcription, WhisperRunner
+from app.inference.whisper import DecodedChunk, Segment, TokenTimes, Transcription, WhisperRunner
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -150,13 +150,15 @@ class Engine:
             self.batcher.stop()
 
     # ---- work ----------------------------------------------------------------------
-    def _run_batch(self, windows: Sequence[Window]) -> list[tuple[int, ...]]:
+    def _run_batch(self, windows: Sequence[Window]) -> list[tuple[tuple[int, ...], TokenTimes | None]]:
+        """Per window: its tokens, and its tokens' times when it asked for word timestamps."""
         assert self.runner is not None
-        return self.runner.generate(
-            [w.chunk.audio for w in windows],
-            [w.chunk.length_s - w.chunk.stride_right_s for w in windows],
-            options=[w.options for w in windows],
+        audios = [w.chunk.audio for w in windows]
+        options = [w.options for w in windows]
+        results = self.runner.generate(
+            audios, [w.chunk.length_s - w.chunk.stride_right_s for w in windows], options=options
         )
+        return list(zip(results, self.runner.token_times(audios, results, options), strict=True))
 
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
@@ -204,11 +206,12 @@ class Engine:
         try:
             for i, job in enumerate(jobs):
                 chunk = job.payload.chunk
-                merger.add(chunk, runner.parse(DecodedChunk(chunk, job.result.get())))
+                tokens, times = job.result.get()
+                merger.add(chunk, runner.parse(DecodedChunk(chunk, tokens, times)))
                 next_start = jobs[i + 1].payload.chunk.start_s if i + 1 < len(jobs) else None
                 stable = merger.stable_count(next_start)
                 for raw in merger.merged[emitted:stable]:
-                    segment = runner.to_segment(raw, audio_seconds)
+                    segment = runner.to_segment(raw, audio_seconds, language=job.payload.options.language)
                     if segment is not None:
                         yield segment
                 emitted = max(emitted, stable)

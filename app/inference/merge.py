@@ -31,6 +31,8 @@ class RawSegment:
     end: float
     tokens: tuple[int, ...]
     closed: bool  # False when the window ended before Whisper closed the segment
+    #: per token, its (start, end) in whole-file seconds (word timestamps only); sliced with ``tokens``
+    times: tuple[tuple[float, float] | None, ...] | None = None
 
     @property
     def mid(self) -> float:
@@ -38,14 +40,28 @@ class RawSegment:
 
 
 def parse_segments(
-    tokens: Sequence[int], chunk: Chunk, timestamp_begin: int, time_precision: float
+    tokens: Sequence[int],
+    chunk: Chunk,
+    timestamp_begin: int,
+    time_precision: float,
+    *,
+    times: Sequence[tuple[float, float] | None] | None = None,
 ) -> list[RawSegment]:
-    """Split one window's token ids into timed segments (absolute times)."""
+    """Split one window's token ids into timed segments (absolute times).
+
+    ``times``: per token, its (start, end) in the window (word timestamps); each segment
+    then carries its tokens' times in whole-file seconds.
+    """
     segments: list[RawSegment] = []
     start: float | None = None
     text: list[int] = []
+    text_times: list[tuple[float, float] | None] = []
     last_time = 0.0
-    for tok in tokens:
+
+    def timed() -> tuple[tuple[float, float] | None, ...] | None:
+        return tuple(text_times) if times is not None else None
+
+    for n, tok in enumerate(tokens):
         if tok >= timestamp_begin:
             t = (tok - timestamp_begin) * time_precision
             if t < last_time:
@@ -55,8 +71,10 @@ def parse_segments(
             if start is None:
                 start = t
             elif text:
-                segments.append(RawSegment(chunk.start_s + start, chunk.start_s + max(t, start), tuple(text), True))
-                start, text = None, []
+                segments.append(
+                    RawSegment(chunk.start_s + start, chunk.start_s + max(t, start), tuple(text), True, timed())
+                )
+                start, text, text_times = None, [], []
             else:
                 start = t  # a repeated timestamp: the pair <|t|><|t|> opens the next segment at t
             last_time = t
@@ -64,10 +82,19 @@ def parse_segments(
             if start is None:
                 start = last_time
             text.append(tok)
+            if times is not None:
+                t_tok = times[n]
+                text_times.append(None if t_tok is None else (chunk.start_s + t_tok[0], chunk.start_s + t_tok[1]))
     if text:
         begin = chunk.start_s + (start if start is not None else last_time)
-        segments.append(RawSegment(begin, max(begin, chunk.start_s + chunk.length_s), tuple(text), False))
+        segments.append(RawSegment(begin, max(begin, chunk.start_s + chunk.length_s), tuple(text), False, timed()))
     return segments
+
+
+def _sliced(seg: RawSegment, first: int, stop: int | None = None, **changes) -> RawSegment:
+    """``seg`` with ``tokens[first:stop]``, its token times sliced alike."""
+    times = seg.times[first:stop] if seg.times is not None else None
+    return replace(seg, tokens=seg.tokens[first:stop], times=times, **changes)
 
 
 def _dedupe(left: RawSegment, right: RawSegment, *, anchored: bool) -> tuple[RawSegment, RawSegment]:
@@ -82,11 +109,9 @@ def _dedupe(left: RawSegment, right: RawSegment, *, anchored: bool) -> tuple[Raw
         return left, right
     if anchored and (match.a + match.size < len(left.tokens) - 1 or match.b > 1):
         return left, right
-    kept_left = left.tokens[: match.a + match.size]
-    kept_right = right.tokens[match.b + match.size :]
     return (
-        replace(left, tokens=kept_left),
-        replace(right, tokens=kept_right, start=max(right.start, left.end)),
+        _sliced(left, 0, match.a + match.size),
+        _sliced(right, match.b + match.size, None, start=max(right.start, left.end)),
     )
 
 
