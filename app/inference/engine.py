@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -24,6 +25,8 @@ import gevent
 import numpy as np
 from gevent.threadpool import ThreadPool
 
+from app.audio.timemap import TimeMap, compact
+from app.audio.vad import VadParams, VoiceDetector
 from app.errors import TooManyRequests
 from app.inference.batcher import Batcher, Job, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
@@ -74,6 +77,7 @@ class Engine:
         self.load_seconds: float | None = None
         self._info: dict[str, Any] = {"model_id": settings.model_id, "device": "unknown", "device_name": "unknown"}
         self._loader: gevent.Greenlet | None = None
+        self.vad = VoiceDetector()  # loaded on the model thread by the first request that asks for it
 
     # ---- lifecycle -----------------------------------------------------------------
     @property
@@ -178,12 +182,28 @@ class Engine:
         """
         if not self.ready or self.batcher is None or self.runner is None:
             raise RuntimeError("engine is not ready")
+        seconds = audio.shape[0] / SAMPLE_RATE
+        timemap: TimeMap | None = None
+        if options.vad:
+            self._admit(1)  # a full queue refuses at once, before any VAD work
+            audio, timemap = self._speech_only(audio, options.vad_params)
         windows = self.windows_for(audio, options)
         self._admit(len(windows))
         ticket = Ticket(ramp=progressive)
         jobs = self.batcher.submit(ticket, windows)
-        seconds = audio.shape[0] / SAMPLE_RATE
-        return SegmentStream(self._segments(ticket, jobs, seconds), partial(self.batcher.cancel, ticket), seconds)
+        segments = self._segments(ticket, jobs, audio.shape[0] / SAMPLE_RATE)
+        if timemap is not None:
+            segments = _mapped(segments, timemap)
+        return SegmentStream(segments, partial(self.batcher.cancel, ticket), seconds)
+
+    def _speech_only(self, audio: np.ndarray, params: VadParams | None) -> tuple[np.ndarray, TimeMap]:
+        """The speech regions of ``audio`` joined together, and the map back to original times."""
+        assert self.batcher is not None
+        if params is None:
+            s = self.settings
+            params = VadParams(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s)
+        regions = self.vad.speech_regions(audio, params, run=self.batcher.call)
+        return compact(audio, regions)
 
     def _admit(self, windows: int) -> None:
         assert self.batcher is not None
@@ -218,3 +238,14 @@ class Engine:
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions = DEFAULT_OPTIONS) -> Transcription:
         """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
         return self.stream(audio, options=options).collect()
+
+
+def _mapped(segments: Iterator[Segment], timemap: TimeMap) -> Iterator[Segment]:
+    """``segments`` of the speech-only audio, with their times in the original audio."""
+    try:
+        for segment in segments:
+            start = round(timemap.to_original(segment.start), 3)
+            end = round(max(timemap.to_original(segment.end, end=True), start), 3)
+            yield replace(segment, start=start, end=end)
+    finally:
+        segments.close()  # type: ignore[attr-defined]
