@@ -8,8 +8,10 @@ Fields: ``file`` (required), ``model`` (required, as OpenAI's; any name is serve
 loaded model, so ``whisper-1`` works), ``language`` (``en`` only for English-only
 models), ``response_format`` (``json`` | ``text`` | ``srt`` | ``vtt`` | ``verbose_json``),
 ``timestamp_granularities[]`` (``segment``), ``prompt`` and ``temperature`` (accepted for
-compatibility; decoding is greedy with the fallback of :mod:`app.inference.fallback`).
-Not yet: word timestamps, ``stream=true`` and ``/v1/audio/translations`` (each a 422 naming the field).
+compatibility; decoding is greedy with the fallback of :mod:`app.inference.fallback`),
+``stream`` (``true``: server-sent events, see :mod:`app.api.sse`; ``json``/``text`` only),
+``chunking_strategy`` / ``vad`` (voice activity detection, see :mod:`app.api.vad_request`).
+Not yet: word timestamps and ``/v1/audio/translations`` (each a 422 naming the field).
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from app.api import context
 from app.api.intake import audio_bytes_from_request
+from app.api.sse import transcript_events
 from app.api.subtitles import to_srt, to_vtt
 from app.api.transcribe import decode, ready_engine, transcribe
+from app.api.vad_request import vad_from_form
 from app.errors import BadRequest, InvalidField
+from app.inference.options import TranscribeOptions
 
 blp = Blueprint("openai", __name__, url_prefix="/v1", description="OpenAI-compatible API")
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAMABLE = ("json", "text")
 ENGLISH = ("en", "english")
 
 
@@ -99,7 +105,17 @@ _FORM = {
                 "response_format": {"type": "string", "enum": list(FORMATS)},
                 "temperature": {"type": "number", "minimum": 0, "maximum": 1},
                 "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment"]}},
-                "stream": {"type": "boolean"},
+                "stream": {
+                    "type": "boolean",
+                    "description": "`true`: text/event-stream of `transcript.text.delta` events, then "
+                    "`transcript.text.done` (response_format json or text only).",
+                },
+                "chunking_strategy": {
+                    "description": '`"auto"` or `{"type": "server_vad", "threshold", "silence_duration_ms", '
+                    '"prefix_padding_ms"}`: cut long silences out with voice activity detection before decoding.',
+                    "oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "object"}],
+                },
+                "vad": {"type": "boolean", "description": "Voice activity detection on/off (default: VAD_FILTER)."},
             },
             "required": ["file", "model"],
         }
@@ -122,8 +138,8 @@ def _form() -> dict:
         raise InvalidField(
             "timestamp_granularities[] needs response_format=verbose_json.", param="timestamp_granularities[]"
         )
-    if form["stream"]:
-        raise InvalidField("stream=true is not available yet on this server; use POST /asr?stream=1.", param="stream")
+    if form["stream"] and form["response_format"] not in STREAMABLE:
+        raise InvalidField("stream=true works with response_format json or text.", param="response_format")
     return form
 
 
@@ -136,6 +152,12 @@ class Transcriptions(MethodView):
     )
     @blp.alt_response(200, content_type="text/plain", description="`text`: the transcript.", success=True)
     @blp.alt_response(200, content_type="application/x-subrip", description="`srt` subtitles.", success=True)
+    @blp.alt_response(
+        200,
+        content_type="text/event-stream",
+        description="`stream=true`: `transcript.text.delta` events, then `transcript.text.done`.",
+        success=True,
+    )
     @blp.alt_response(200, content_type="text/vtt", description="`vtt` subtitles.", success=True)
     @blp.alt_response(400, schema=OpenAIError, description="Not a multipart/form-data request.")
     @blp.alt_response(408, schema=OpenAIError, description="The upload did not arrive in time.")
@@ -157,7 +179,11 @@ class Transcriptions(MethodView):
             raise InvalidField(
                 f"The model {engine.info['model_id']} transcribes English only (language=en).", param="language"
             )
-        result = transcribe(engine, decode(data))
+        vad, vad_params = vad_from_form(request.form, settings)
+        options = TranscribeOptions(vad=vad, vad_params=vad_params)
+        if form["stream"]:
+            return transcript_events(engine, decode(data), options, started)
+        result = transcribe(engine, decode(data), options)
         context.metrics().transcribed(result.audio_seconds, time.perf_counter() - started)
         fmt = form["response_format"]
         if fmt == "text":

@@ -19,11 +19,14 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.audio.decode import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 FRAME = 512
 #: frames scored per call on the model thread (~2 min of audio, a fraction of a second)
@@ -46,6 +49,10 @@ class VadParams:
     min_silence_s: float = 2.0
     #: audio kept on each side of a speech region
     pad_s: float = 0.4
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VadParams:
+        return cls(settings.vad_threshold, settings.vad_min_silence_s, settings.vad_speech_pad_s)
 
 
 DEFAULT_PARAMS = VadParams()

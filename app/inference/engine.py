@@ -199,9 +199,7 @@ class Engine:
     def _speech_only(self, audio: np.ndarray, params: VadParams | None) -> tuple[np.ndarray, TimeMap]:
         """The speech regions of ``audio`` joined together, and the map back to original times."""
         assert self.batcher is not None
-        if params is None:
-            s = self.settings
-            params = VadParams(s.vad_threshold, s.vad_min_silence_s, s.vad_speech_pad_s)
+        params = params or VadParams.from_settings(self.settings)
         regions = self.vad.speech_regions(audio, params, run=self.batcher.call)
         return compact(audio, regions)
 
