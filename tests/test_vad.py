@@ -33,6 +33,18 @@ def test_time_map_maps_each_piece_back_to_where_it_was_cut_from():
     assert tm.to_original(9.0, end=True) == 31.0 and tm.to_original(9.0) == 31.0
 
 
+def test_time_map_puts_times_in_the_padding_between_pieces_on_the_speech_side():
+    sr = SAMPLE_RATE
+    # pieces of 0.4 s padding + speech + 0.4 s padding; compacted, they meet at 4.0 s
+    tm = TimeMap.from_regions([(1 * sr, 5 * sr), (60 * sr, 64 * sr)], snap_s=0.4)
+    # a segment starting in the first piece's trailing padding starts where the next piece does
+    assert tm.to_original(3.7) == 60.0 and tm.to_original(3.5) == 3.5 + 1
+    # a segment ending in the second piece's leading padding ends where the first piece does
+    assert tm.to_original(4.3, end=True) == 5.0 and tm.to_original(4.5, end=True) == 60.5
+    # the first piece's start and the last piece's end do not move
+    assert tm.to_original(0.1) == 1.1 and tm.to_original(7.9, end=True) == 63.9
+
+
 def test_compact_keeps_exactly_the_regions_in_order():
     audio = np.arange(100, dtype=np.float32)
     out, tm = compact(audio, [(10, 20), (50, 55)])
