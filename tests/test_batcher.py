@@ -48,3 +48,22 @@ def test_cancel_drops_queued_windows_and_wakes_their_waiter():
     finally:
         batcher.stop()
     assert log == [[7]]  # nothing of the cancelled request reached the model
+
+
+def test_call_runs_other_work_on_the_model_thread():
+    """Batcher.call (the VAD's way onto the model thread) runs where the batches run."""
+    import threading
+
+    batch_threads: list = []
+
+    def run(payloads):
+        batch_threads.append(threading.get_ident())
+        return payloads
+
+    batcher = Batcher(run, max_batch_size=4, max_wait_s=0.01)
+    batcher.run_sync([1])
+    try:
+        assert batcher.call(lambda a, b: (threading.get_ident(), a + b), 2, 3) == (batch_threads[0], 5)
+        assert batch_threads[0] != threading.get_ident()
+    finally:
+        batcher.stop()
