@@ -179,6 +179,10 @@ class Engine:
         window can change is yielded. Closing the iterator early, or its ``cancel()`` (a
         client that hung up), cancels the windows not yet run. ``progressive`` puts the first window in a
         batch of its own (then 2, 4, ...) so the first segment comes back quickly.
+
+        ``options.vad``: voice activity detection runs first (on the model thread, this greenlet
+        waits); only the speech regions, joined, are cut into windows, and every segment's times
+        are mapped back to the original audio (:class:`~app.audio.timemap.TimeMap`).
         """
         if not self.ready or self.batcher is None or self.runner is None:
             raise RuntimeError("engine is not ready")
