@@ -5,6 +5,7 @@ The client is the official openai SDK (``stream=True`` iterates its typed events
 """
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import openai
@@ -157,12 +158,8 @@ def test_vad_on_asr_route(live_server, gapped):
     r = requests.post(live_server.url + "/asr?vad=true", data=path.read_bytes(), timeout=300)
     assert r.status_code == 200, r.text
     body = r.json()
-
-    class Seg:
-        def __init__(self, chunk):
-            (self.start, self.end), self.text = chunk["timestamp"], chunk["text"]
-
-    _check_vad_segments([Seg(c) for c in body["chunks"]], spoken, float(r.headers["X-Audio-Length"]))
+    segments = [SimpleNamespace(start=c["timestamp"][0], end=c["timestamp"][1], text=c["text"]) for c in body["chunks"]]
+    _check_vad_segments(segments, spoken, float(r.headers["X-Audio-Length"]))
     assert wer(f"{FIRST} {SECOND}", body["text"]) < 0.25, body["text"]
 
 
