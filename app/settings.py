@@ -127,6 +127,25 @@ class Settings(BaseSettings):
     fetch_timeout_s: float = Field(300.0, gt=0, description="Longest total time to download an audio URL (504 after).")
     decode_timeout_s: float = Field(300.0, gt=0, description="Longest time ffmpeg may take to decode one input.")
 
+    # --- voice activity detection -------------------------------------------------
+    vad_filter: bool = Field(
+        False,
+        description=(
+            "Default for requests that do not choose (`/asr?vad=`, `/v1` `chunking_strategy` or `vad`): cut "
+            "long silences out with Silero VAD before decoding, so they produce no invented text; "
+            "timestamps still refer to the original audio."
+        ),
+    )
+    vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="VAD: speech probability above which a 32 ms frame counts as speech."
+    )
+    vad_min_silence_s: float = Field(
+        2.0, gt=0, le=60, description="VAD: silences at least this long are cut out; shorter pauses are kept."
+    )
+    vad_speech_pad_s: float = Field(
+        0.4, ge=0, le=5, description="VAD: audio kept before and after each speech region, seconds."
+    )
+
     @field_validator("local_audio_dir", mode="before")
     @classmethod
     def _blank_dir_is_unset(cls, value: object) -> object:

@@ -73,3 +73,22 @@ def test_queue_wait_of_each_window_is_counted_by_bucket():
     assert sum(n for bound, n in stats.waits.items() if bound <= 1.0) == 2
     assert set(stats.waits) <= set(WAIT_BUCKETS)
     assert 1.0 <= stats.wait_seconds < 1.0 + 10.0
+
+
+def test_call_runs_other_work_on_the_model_thread():
+    """Batcher.call (the VAD's way onto the model thread) runs where the batches run."""
+    import threading
+
+    batch_threads: list = []
+
+    def run(payloads):
+        batch_threads.append(threading.get_ident())
+        return payloads
+
+    batcher = Batcher(run, max_batch_size=4, max_wait_s=0.01)
+    batcher.run_sync([1])
+    try:
+        assert batcher.call(lambda a, b: (threading.get_ident(), a + b), 2, 3) == (batch_threads[0], 5)
+        assert batch_threads[0] != threading.get_ident()
+    finally:
+        batcher.stop()

@@ -86,16 +86,21 @@ class Asr(MethodView):
     )
     @blp.alt_response(200, content_type="application/x-subrip", description="`?format=srt`", success=True)
     @blp.alt_response(200, content_type="text/vtt", description="`?format=vtt`", success=True)
-    def post(self, stream: bool = False, format: str = "json", return_timestamps: str = "segment"):
+    def post(
+        self, stream: bool = False, format: str = "json", return_timestamps: str = "segment", vad: bool | None = None
+    ):
         """Transcribe audio given as a URL, a local path, or the raw request body."""
         if stream and format != "json":
             raise InvalidField("format=srt|vtt cannot be streamed; drop stream=1.", param="format")
         if return_timestamps == "word" and format != "json":
             raise InvalidField("return_timestamps=word needs format=json.", param="return_timestamps")
-        options = TranscribeOptions(word_timestamps=return_timestamps == "word")
         engine = ready_engine()
         started = time.perf_counter()
-        audio = decode(audio_bytes_from_request(context.settings()))
+        settings = context.settings()
+        options = TranscribeOptions(
+            word_timestamps=return_timestamps == "word", vad=settings.vad_filter if vad is None else vad
+        )
+        audio = decode(audio_bytes_from_request(settings))
         if stream:
             return _ndjson_response(engine, audio, started, options)
         result = transcribe(engine, audio, options)

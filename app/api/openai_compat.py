@@ -10,8 +10,10 @@ models), ``response_format`` (``json`` | ``text`` | ``srt`` | ``vtt`` | ``verbos
 ``timestamp_granularities[]`` (``segment`` and/or ``word``, with ``verbose_json``: word
 timestamps add a top-level ``words: [{word, start, end}]``), ``prompt`` and ``temperature``
 (accepted for compatibility; decoding is greedy with the fallback of
-:mod:`app.inference.fallback`).
-Not yet: ``stream=true`` and ``/v1/audio/translations`` (each a 422 naming the field).
+:mod:`app.inference.fallback`), ``stream`` (``true``: server-sent events, see
+:mod:`app.api.sse`; ``json``/``text`` only), ``chunking_strategy`` / ``vad`` (voice
+activity detection, see :mod:`app.api.vad_request`).
+Not yet: ``/v1/audio/translations``.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from app.api import context
 from app.api.intake import audio_bytes_from_request
+from app.api.sse import transcript_events
 from app.api.subtitles import to_srt, to_vtt
 from app.api.transcribe import decode, ready_engine, transcribe
+from app.api.vad_request import vad_from_form
 from app.errors import BadRequest, InvalidField
 from app.inference.options import TranscribeOptions
 
 blp = Blueprint("openai", __name__, url_prefix="/v1", description="OpenAI-compatible API")
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+STREAMABLE = ("json", "text")
 ENGLISH = ("en", "english")
 
 
@@ -114,7 +119,17 @@ _FORM = {
                     "type": "array",
                     "items": {"type": "string", "enum": ["segment", "word"]},
                 },
-                "stream": {"type": "boolean"},
+                "stream": {
+                    "type": "boolean",
+                    "description": "`true`: text/event-stream of `transcript.text.delta` events, then "
+                    "`transcript.text.done` (response_format json or text only).",
+                },
+                "chunking_strategy": {
+                    "description": '`"auto"` or `{"type": "server_vad", "threshold", "silence_duration_ms", '
+                    '"prefix_padding_ms"}`: cut long silences out with voice activity detection before decoding.',
+                    "oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "object"}],
+                },
+                "vad": {"type": "boolean", "description": "Voice activity detection on/off (default: VAD_FILTER)."},
             },
             "required": ["file", "model"],
         }
@@ -136,8 +151,8 @@ def _form() -> dict:
             "timestamp_granularities[] needs response_format=verbose_json.", param="timestamp_granularities[]"
         )
     form["granularities"] = set(granularities) or {"segment"}
-    if form["stream"]:
-        raise InvalidField("stream=true is not available yet on this server; use POST /asr?stream=1.", param="stream")
+    if form["stream"] and form["response_format"] not in STREAMABLE:
+        raise InvalidField("stream=true works with response_format json or text.", param="response_format")
     return form
 
 
@@ -150,6 +165,12 @@ class Transcriptions(MethodView):
     )
     @blp.alt_response(200, content_type="text/plain", description="`text`: the transcript.", success=True)
     @blp.alt_response(200, content_type="application/x-subrip", description="`srt` subtitles.", success=True)
+    @blp.alt_response(
+        200,
+        content_type="text/event-stream",
+        description="`stream=true`: `transcript.text.delta` events, then `transcript.text.done`.",
+        success=True,
+    )
     @blp.alt_response(200, content_type="text/vtt", description="`vtt` subtitles.", success=True)
     @blp.alt_response(400, schema=OpenAIError, description="Not a multipart/form-data request.")
     @blp.alt_response(408, schema=OpenAIError, description="The upload did not arrive in time.")
@@ -171,8 +192,11 @@ class Transcriptions(MethodView):
             raise InvalidField(
                 f"The model {engine.info['model_id']} transcribes English only (language=en).", param="language"
             )
-        words = "word" in form["granularities"]
-        result = transcribe(engine, decode(data), TranscribeOptions(word_timestamps=words))
+        vad, vad_params = vad_from_form(request.form, settings)
+        options = TranscribeOptions(word_timestamps="word" in form["granularities"], vad=vad, vad_params=vad_params)
+        if form["stream"]:
+            return transcript_events(engine, decode(data), options, started)
+        result = transcribe(engine, decode(data), options)
         context.metrics().transcribed(result.audio_seconds, time.perf_counter() - started)
         fmt = form["response_format"]
         if fmt == "text":
@@ -191,7 +215,7 @@ class Transcriptions(MethodView):
                 body["segments"] = [
                     {"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(result.segments)
                 ]
-            if words:  # OpenAI's words carry no surrounding spaces
+            if options.word_timestamps:  # OpenAI's words carry no surrounding spaces
                 body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in result.words]
             if not engine.info.get("multilingual"):
                 body["language"] = "english"

@@ -51,6 +51,16 @@ class AsrQuery(Schema):
         },
     )
 
+    vad = fields.Boolean(
+        load_default=None,
+        metadata={
+            "description": (
+                "Voice activity detection: `true` cuts silences of VAD_MIN_SILENCE_S or longer out before decoding "
+                "(no invented text there; timestamps still in the original audio); default VAD_FILTER."
+            )
+        },
+    )
+
 
 class StreamDone(Schema):
     done = fields.Boolean(metadata={"example": True})

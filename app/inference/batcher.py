@@ -205,6 +205,14 @@ class Batcher:
             if not job.result.ready():
                 job.result.set_exception(Cancelled())
 
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the model thread, between batches; only the calling greenlet waits.
+
+        For other torch work of a request (voice activity detection): every torch call of
+        the process stays on this one native thread.
+        """
+        return self._pool.apply(fn, args)
+
     def run_sync(self, payloads: list[Any]) -> list[Any]:
         """Run one batch on the model thread right now (warm-up), bypassing the queue."""
         return self._pool.apply(self._run_batch, (payloads,))

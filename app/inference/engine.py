@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,10 @@ import gevent
 import numpy as np
 from gevent.threadpool import ThreadPool
 
+from app.audio.timemap import TimeMap, compact
+from app.audio.vad import VadParams, VoiceDetector
 from app.errors import TooManyRequests
+from app.inference.alignment import Word
 from app.inference.batcher import Batcher, Job, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
 from app.inference.merge import WindowMerger
@@ -74,6 +78,7 @@ class Engine:
         self.load_seconds: float | None = None
         self._info: dict[str, Any] = {"model_id": settings.model_id, "device": "unknown", "device_name": "unknown"}
         self._loader: gevent.Greenlet | None = None
+        self.vad = VoiceDetector()  # loaded on the model thread by the first request that asks for it
 
     # ---- lifecycle -----------------------------------------------------------------
     @property
@@ -177,15 +182,35 @@ class Engine:
         window can change is yielded. Closing the iterator early, or its ``cancel()`` (a
         client that hung up), cancels the windows not yet run. ``progressive`` puts the first window in a
         batch of its own (then 2, 4, ...) so the first segment comes back quickly.
+
+        ``options.vad``: voice activity detection runs first (on the model thread, this greenlet
+        waits); only the speech regions, joined, are cut into windows, and every segment's times
+        are mapped back to the original audio (:class:`~app.audio.timemap.TimeMap`).
         """
         if not self.ready or self.batcher is None or self.runner is None:
             raise RuntimeError("engine is not ready")
+        seconds = audio.shape[0] / SAMPLE_RATE
+        timemap: TimeMap | None = None
+        if options.vad:
+            self._admit(1)  # a full queue refuses at once, before any VAD work
+            audio, timemap = self._speech_only(audio, options.vad_params)
         windows = self.windows_for(audio, options)
         self._admit(len(windows))
         ticket = Ticket(ramp=progressive)
         jobs = self.batcher.submit(ticket, windows)
-        seconds = audio.shape[0] / SAMPLE_RATE
-        return SegmentStream(self._segments(ticket, jobs, seconds), partial(self.batcher.cancel, ticket), seconds)
+        segments = self._segments(ticket, jobs, audio.shape[0] / SAMPLE_RATE)
+        if timemap is not None:
+            segments = _mapped(segments, timemap)
+        return SegmentStream(segments, partial(self.batcher.cancel, ticket), seconds)
+
+    def _speech_only(self, audio: np.ndarray, params: VadParams | None) -> tuple[np.ndarray, TimeMap]:
+        """The speech regions of ``audio`` joined together, and the map back to original times."""
+        assert self.batcher is not None
+        params = params or VadParams.from_settings(self.settings)
+        regions = self.vad.speech_regions(audio, params, run=self.batcher.call)
+        # boundaries the model puts in the padding between two pieces go to the speech side
+        # (plus a 20 ms timestamp step of slack)
+        return compact(audio, regions, snap_s=params.pad_s + 0.02)
 
     def _admit(self, windows: int) -> None:
         assert self.batcher is not None
@@ -221,3 +246,24 @@ class Engine:
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions = DEFAULT_OPTIONS) -> Transcription:
         """Transcribe 16 kHz mono float32 audio; blocks only the calling greenlet."""
         return self.stream(audio, options=options).collect()
+
+
+def _mapped_word(word: Word, timemap: TimeMap, seg_start: float, seg_end: float) -> Word:
+    """A word's times in the original audio, inside its (mapped) segment."""
+    start = min(max(round(timemap.to_original(word.start), 3), seg_start), seg_end)
+    end = min(max(round(timemap.to_original(word.end, end=True), 3), start), seg_end)
+    return replace(word, start=start, end=end)
+
+
+def _mapped(segments: Iterator[Segment], timemap: TimeMap) -> Iterator[Segment]:
+    """``segments`` of the speech-only audio, with their times in the original audio."""
+    try:
+        for segment in segments:
+            start = round(timemap.to_original(segment.start), 3)
+            end = round(max(timemap.to_original(segment.end, end=True), start), 3)
+            words = segment.words
+            if words is not None:
+                words = tuple(_mapped_word(w, timemap, start, end) for w in words)
+            yield replace(segment, start=start, end=end, words=words)
+    finally:
+        segments.close()  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from app.audio.vad import VadParams
 from app.inference.chunking import Chunk
 
 
@@ -27,6 +28,8 @@ class TranscribeOptions:
     word_timestamps: bool = False
     #: skip long silences with voice activity detection before decoding
     vad: bool = False
+    #: VAD tuning for this request (``None``: the server's VAD_* settings)
+    vad_params: VadParams | None = None
 
 
 DEFAULT_OPTIONS = TranscribeOptions()
