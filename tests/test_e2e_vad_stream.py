@@ -138,10 +138,21 @@ def _check_vad_segments(segments, spoken, duration):
 def test_vad_on_v1_skips_the_gap_and_keeps_original_times(client, gapped):
     path, spoken = gapped
     result = client.audio.transcriptions.create(
-        model="whisper-1", file=_open(path), response_format="verbose_json", chunking_strategy="auto"
+        model="whisper-1",
+        file=_open(path),
+        response_format="verbose_json",
+        chunking_strategy="auto",
+        timestamp_granularities=["word", "segment"],
     )
     _check_vad_segments(result.segments, spoken, result.duration)
     assert wer(f"{FIRST} {SECOND}", result.text) < 0.25, result.text
+    # word timestamps are mapped back to the original audio too: each word lies in a spoken region
+    (a0, a1), (b0, b1) = spoken
+    assert result.words and [w.start for w in result.words] == sorted(w.start for w in result.words)
+    for w in result.words:
+        assert a0 - SLACK_S <= w.start <= w.end <= a1 + SLACK_S or b0 - SLACK_S <= w.start <= w.end <= b1 + SLACK_S, w
+    heard_second = " ".join(w.word for w in result.words if w.start >= b0 - SLACK_S)
+    assert wer(SECOND, heard_second) < 0.3, heard_second
     # streamed, with OpenAI's server_vad object (sent as chunking_strategy[...] form fields): same text
     with client.audio.transcriptions.create(
         model="whisper-1",
