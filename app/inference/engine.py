@@ -29,7 +29,7 @@ from app.inference.batcher import Batcher, Job, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
 from app.inference.merge import WindowMerger
 from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions, Window
-from app.inference.whisper import DecodedChunk, Segment, Transcription, WhisperRunner
+from app.inference.whisper import DecodedChunk, Segment, Transcription, WhisperRunner, WindowResult
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,26 @@ class EngineState(enum.StrEnum):
 class SegmentStream(Iterator[Segment]):
     """A request's segments in audio order; ``cancel()`` drops its windows not yet run."""
 
-    def __init__(self, segments: Iterator[Segment], cancel: Callable[[], None], audio_seconds: float) -> None:
+    def __init__(
+        self,
+        segments: Iterator[Segment],
+        cancel: Callable[[], None],
+        audio_seconds: float,
+        language_scores: dict[str, float] | None = None,
+    ) -> None:
         self._segments = segments
         self.cancel = cancel
         self.audio_seconds = audio_seconds
+        #: per language, the summed detection probability of the windows decoded so far
+        self.language_scores = language_scores if language_scores is not None else {}
+
+    @property
+    def language(self) -> str | None:
+        """The request's language: the one with the highest probability summed over its
+        windows (each window is decoded in its own detected language); final once every
+        segment has been read."""
+        scores = self.language_scores
+        return max(scores, key=scores.__getitem__) if scores else None
 
     def __next__(self) -> Segment:
         return next(self._segments)
@@ -60,7 +76,10 @@ class SegmentStream(Iterator[Segment]):
         """Wait for every segment; the whole transcript."""
         segments = list(self)
         return Transcription(
-            text="".join(s.text for s in segments).strip(), segments=segments, audio_seconds=self.audio_seconds
+            text="".join(s.text for s in segments).strip(),
+            segments=segments,
+            audio_seconds=self.audio_seconds,
+            language=self.language,
         )
 
 
@@ -150,13 +169,19 @@ class Engine:
             self.batcher.stop()
 
     # ---- work ----------------------------------------------------------------------
-    def _run_batch(self, windows: Sequence[Window]) -> list[tuple[int, ...]]:
+    def _run_batch(self, windows: Sequence[Window]) -> list[WindowResult]:
         assert self.runner is not None
-        return self.runner.generate(
+        return self.runner.decode_windows(
             [w.chunk.audio for w in windows],
             [w.chunk.length_s - w.chunk.stride_right_s for w in windows],
             options=[w.options for w in windows],
         )
+
+    @property
+    def languages(self) -> frozenset[str]:
+        """Language codes the loaded model takes (``{"en"}`` for English-only models)."""
+        assert self.runner is not None
+        return self.runner.languages
 
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
@@ -183,7 +208,10 @@ class Engine:
         ticket = Ticket(ramp=progressive)
         jobs = self.batcher.submit(ticket, windows)
         seconds = audio.shape[0] / SAMPLE_RATE
-        return SegmentStream(self._segments(ticket, jobs, seconds), partial(self.batcher.cancel, ticket), seconds)
+        scores: dict[str, float] = {}
+        return SegmentStream(
+            self._segments(ticket, jobs, seconds, scores), partial(self.batcher.cancel, ticket), seconds, scores
+        )
 
     def _admit(self, windows: int) -> None:
         assert self.batcher is not None
@@ -196,7 +224,9 @@ class Engine:
                 retry_after=math.ceil(self.batcher.estimated_wait_s(pending + windows)),
             )
 
-    def _segments(self, ticket: Ticket, jobs: list[Job], audio_seconds: float) -> Iterator[Segment]:
+    def _segments(
+        self, ticket: Ticket, jobs: list[Job], audio_seconds: float, language_scores: dict[str, float]
+    ) -> Iterator[Segment]:
         assert self.batcher is not None and self.runner is not None
         runner = self.runner
         merger = WindowMerger()
@@ -204,7 +234,12 @@ class Engine:
         try:
             for i, job in enumerate(jobs):
                 chunk = job.payload.chunk
-                merger.add(chunk, runner.parse(DecodedChunk(chunk, job.result.get())))
+                result = job.result.get()
+                if result.language is not None:
+                    language_scores[result.language] = (
+                        language_scores.get(result.language, 0.0) + result.language_probability
+                    )
+                merger.add(chunk, runner.parse(DecodedChunk(chunk, result.tokens)))
                 next_start = jobs[i + 1].payload.chunk.start_s if i + 1 < len(jobs) else None
                 stable = merger.stable_count(next_start)
                 for raw in merger.merged[emitted:stable]:
