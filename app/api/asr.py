@@ -17,11 +17,12 @@ from app.api.disconnect import watch_disconnect
 from app.api.intake import audio_bytes_from_request
 from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse, StreamDone
 from app.api.subtitles import to_srt, to_vtt
-from app.api.transcribe import decode, ready_engine, transcribe
+from app.api.transcribe import decode, ready_engine, request_options, transcribe
 from app.audio.decode import SAMPLE_RATE
 from app.errors import ApiError, InternalError, InvalidField
 from app.inference.batcher import Cancelled
 from app.inference.engine import Engine
+from app.inference.options import TranscribeOptions
 
 log = logging.getLogger(__name__)
 blp = Blueprint("asr", __name__, description="Speech recognition")
@@ -85,16 +86,17 @@ class Asr(MethodView):
     )
     @blp.alt_response(200, content_type="application/x-subrip", description="`?format=srt`", success=True)
     @blp.alt_response(200, content_type="text/vtt", description="`?format=vtt`", success=True)
-    def post(self, stream: bool = False, format: str = "json"):
+    def post(self, stream: bool = False, format: str = "json", language: str | None = None, task: str = "transcribe"):
         """Transcribe audio given as a URL, a local path, or the raw request body."""
         if stream and format != "json":
             raise InvalidField("format=srt|vtt cannot be streamed; drop stream=1.", param="format")
         engine = ready_engine()
+        options = request_options(engine, language=language, task=task)
         started = time.perf_counter()
         audio = decode(audio_bytes_from_request(context.settings()))
         if stream:
-            return _ndjson_response(engine, audio, started)
-        result = transcribe(engine, audio)
+            return _ndjson_response(engine, audio, started, options)
+        result = transcribe(engine, audio, options)
         elapsed = time.perf_counter() - started
         context.metrics().transcribed(result.audio_seconds, elapsed)
         headers = _timing_headers(engine, result.audio_seconds, elapsed)
@@ -116,12 +118,12 @@ def _timing_headers(engine: Engine, audio_seconds: float, elapsed: float) -> dic
     }
 
 
-def _ndjson_response(engine: Engine, audio, started: float) -> Response:
+def _ndjson_response(engine: Engine, audio, started: float, options: TranscribeOptions) -> Response:
     audio_seconds = audio.shape[0] / SAMPLE_RATE
     info = engine.info
     metrics = context.metrics()
 
-    segments = engine.stream(audio, progressive=True)  # admission (429) before the 200 is sent
+    segments = engine.stream(audio, progressive=True, options=options)  # admission (429) before the 200 is sent
     environ = request.environ
 
     def lines() -> Iterator[str]:
@@ -152,6 +154,7 @@ def _ndjson_response(engine: Engine, audio, started: float) -> Response:
                     "realtime_factor": round(audio_seconds / elapsed, 2) if elapsed > 0 else 0.0,
                     "model_id": info["model_id"],
                     "device": info["device_name"],
+                    "language": segments.language,
                 }
             )
             + "\n"

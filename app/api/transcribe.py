@@ -7,9 +7,10 @@ from flask import request
 from app.api import context
 from app.api.disconnect import watch_disconnect
 from app.audio.decode import SAMPLE_RATE, decode_audio
-from app.errors import ClientClosedRequest, ServiceUnavailable
+from app.errors import ClientClosedRequest, InvalidField, ServiceUnavailable
 from app.inference.batcher import Cancelled
 from app.inference.engine import Engine
+from app.inference.languages import language_code
 from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions
 from app.inference.whisper import Transcription
 from app.threads import run_blocking
@@ -45,3 +46,42 @@ def transcribe(engine: Engine, audio, options: TranscribeOptions = DEFAULT_OPTIO
             return segments.collect()
     except Cancelled:  # nobody reads this reply
         raise ClientClosedRequest("The client closed the connection.") from None
+
+
+def request_options(
+    engine: Engine,
+    *,
+    language: str | None = None,
+    task: str = "transcribe",
+    prompt: str | None = None,
+    temperature: float = 0.0,
+) -> TranscribeOptions:
+    """A request's options, checked against the loaded model (422 naming the field)."""
+    multilingual = bool(engine.info.get("multilingual"))
+    code = None
+    if language:
+        code = language_code(language)
+        if code is None:
+            raise InvalidField(
+                f"Unknown language {language!r}: use an ISO 639-1 code such as `de` or a name such as `german`.",
+                param="language",
+            )
+        if code not in engine.languages:
+            raise InvalidField(
+                f"The model {engine.info['model_id']} transcribes English only (language=en)."
+                if not multilingual
+                else f"The model {engine.info['model_id']} does not know the language {code!r}.",
+                param="language",
+            )
+    if task == "translate" and not multilingual:
+        raise InvalidField(
+            f"The model {engine.info['model_id']} is English-only and cannot translate; "
+            "run a multilingual model (MODEL_ID=embedded/whisper-base).",
+            param="task",
+        )
+    return TranscribeOptions(
+        language=code,
+        task="translate" if task == "translate" else "transcribe",
+        prompt=prompt or None,
+        temperature=temperature,
+    )
