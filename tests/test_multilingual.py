@@ -146,6 +146,19 @@ def test_temperature_samples_and_zero_is_deterministic(base_runner, foreign_wavs
     assert rows[0].tokens in greedy
 
 
+def test_generate_path_agrees_with_the_lean_loop(base_runner, foreign_wavs):
+    """DECODER=generate (transformers' generate, its own language detection) gives the same tokens."""
+    from app.inference.options import TranscribeOptions
+    from app.inference.whisper import WhisperRunner
+
+    reference = WhisperRunner(base_runner.loaded, max_new_tokens=128, decoder="generate")
+    audios = [_samples(foreign_wavs["de"]), _samples(foreign_wavs["es"])]
+    options = [TranscribeOptions(), TranscribeOptions(task="translate", prompt="Faro, puerto.")]
+    ours, theirs = base_runner.decode_windows(audios, None, options), reference.decode_windows(audios, None, options)
+    assert [(r.tokens, r.language) for r in ours] == [(r.tokens, r.language) for r in theirs]
+    assert [r.language for r in ours] == ["de", "es"]
+
+
 # ---- through the live server -----------------------------------------------------------
 
 

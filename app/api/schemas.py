@@ -64,7 +64,9 @@ class StreamDone(Schema):
     realtime_factor = fields.Float()
     model_id = fields.String()
     device = fields.String()
-    language = fields.String(metadata={"description": "ISO 639-1 code of the speech (forced or detected)."})
+    language = fields.String(
+        allow_none=True, metadata={"description": "ISO 639-1 code of the speech (forced or detected)."}
+    )
 
 
 class TimedChunk(Schema):
