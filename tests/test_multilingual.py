@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from tests.conftest import start_server, stop_server
-from tests.speech import SENTENCE, SENTENCES, cer, normalize, speak
+from tests.speech import PASSAGE, SENTENCE, SENTENCES, cer, normalize, speak, wer
 
 #: Character error rate a transcript of one of SENTENCES must stay under (see above).
 MAX_CER = 0.25
@@ -126,24 +126,26 @@ def test_prompt_conditions_the_spelling(tiny_runner, sentence_wav):
 def test_long_prompts_keep_their_last_tokens(tiny_runner, sentence_wav):
     from app.inference.options import TranscribeOptions
 
-    plan = tiny_runner._plan(TranscribeOptions(prompt="word " * 1000 + "The harbour keeper."))
+    plan = tiny_runner._plan(TranscribeOptions(prompt=PASSAGE + " The harbour keeper."))
     assert len(plan.prompt) == 1 + 223 + 1  # <|startofprev|>, the last 223 tokens, <|startoftranscript|>
     assert tiny_runner._text(plan.prompt[1:-1]).endswith("The harbour keeper.")
-    (result,) = tiny_runner.decode_windows([_samples(sentence_wav)], None, [TranscribeOptions(prompt="word " * 1000)])
-    assert result.tokens  # still decodes within the 448 decoder positions
+    # 225 prompt positions + up to 128 new tokens fit Whisper's 448 decoder positions
+    (result,) = tiny_runner.decode_windows([_samples(sentence_wav)], None, [TranscribeOptions(prompt=PASSAGE)])
+    assert wer(SENTENCE, tiny_runner._text(result.tokens)) < 0.2
 
 
-def test_temperature_samples_and_zero_is_deterministic(base_runner, foreign_wavs):
+def test_temperature_samples_and_zero_is_deterministic(tiny_runner, sentence_wav):
     from app.inference.options import TranscribeOptions
 
-    audio = _samples(foreign_wavs["de"])
-    greedy = {base_runner.decode_windows([audio])[0].tokens for _ in range(2)}
+    audio = _samples(sentence_wav)
+    greedy = {tiny_runner.decode_windows([audio])[0].tokens for _ in range(2)}
     assert len(greedy) == 1
-    sampled = {tuple(base_runner._decode([audio], 1.0, seed)[0]) for seed in range(3)}
-    assert len(sampled) >= 2 and not sampled <= greedy
+    # seeded here so that the test is reproducible; requests get a fresh seed per batch
+    sampled = {tuple(tiny_runner._decode([audio], 1.0, seed)[0]) for seed in range(2)}
+    assert len(sampled) == 2 and not sampled & greedy
     # per-window temperatures in one batch: the greedy row is unchanged by its sampled neighbour
-    rows = base_runner.decode_windows([audio, audio], None, [TranscribeOptions(), TranscribeOptions(temperature=1.0)])
-    assert rows[0].tokens in greedy
+    rows = tiny_runner.decode_windows([audio, audio], None, [TranscribeOptions(), TranscribeOptions(temperature=1.0)])
+    assert rows[0].tokens in greedy and rows[1].tokens not in greedy
 
 
 def test_generate_path_agrees_with_the_lean_loop(base_runner, foreign_wavs):
