@@ -173,7 +173,8 @@ class WhisperRunner:
         tokens: list[tuple[int, ...]] = [()] * count
         languages: list[tuple[str | None, float]] = [(None, 1.0)] * count
         for idx in _groups(range(count), lambda i: len(plans[i].prompt)):
-            decoded, resolved, found = self._run([audios[i] for i in idx], [plans[i] for i in idx])
+            # seed None: a request sampled at a temperature gets fresh draws each time (as OpenAI's API)
+            decoded, resolved, found = self._run([audios[i] for i in idx], [plans[i] for i in idx], None)
             for i, t, plan, lang in zip(idx, decoded, resolved, found, strict=True):
                 tokens[i], plans[i], languages[i] = t, plan, lang
         # loop fallback and continuation, per group of windows decoded the same way
