@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     model_id: str = Field(
         EMBEDDED_TINY_EN,
         description=(
-            "Whisper checkpoint: `embedded/whisper-tiny.en` (ships with the install, works offline), "
+            "Whisper checkpoint: `embedded/whisper-tiny.en` (English-only) or `embedded/whisper-base` "
+            "(multilingual; both ship with the install, work offline), "
             "a hub id such as `openai/whisper-large-v3`, a transformers checkpoint directory, "
             "or a CTranslate2 Whisper directory."
         ),
@@ -72,7 +73,8 @@ class Settings(BaseSettings):
         "lean",
         description=(
             "`lean`: this server's greedy loop (static KV cache, cross-attention keys computed once, timestamp "
-            "rules as tensor ops); `generate`: transformers' generate(). Multilingual models use generate()."
+            "rules as tensor ops, language detection in the same pass); `generate`: transformers' generate() "
+            "(the reference path; it detects languages with a second encoder pass)."
         ),
     )
     cpu_threads: int = Field(0, ge=0, description="torch intra-op threads on CPU; 0 = torch's default (all cores).")

@@ -21,6 +21,8 @@ class FakeEngine:
     def info(self) -> dict:
         return {"model_id": "fake/whisper", "device": "cpu", "device_name": "FakeCPU"}
 
+    languages = frozenset({"en"})  # an English-only model
+
     def start(self) -> None:
         pass
 

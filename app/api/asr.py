@@ -17,7 +17,7 @@ from app.api.disconnect import watch_disconnect
 from app.api.intake import audio_bytes_from_request
 from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse, StreamDone
 from app.api.subtitles import to_srt, to_vtt
-from app.api.transcribe import decode, ready_engine, transcribe
+from app.api.transcribe import decode, ready_engine, request_options, transcribe
 from app.audio.decode import SAMPLE_RATE
 from app.errors import ApiError, InternalError, InvalidField
 from app.inference.batcher import Cancelled
@@ -87,7 +87,13 @@ class Asr(MethodView):
     @blp.alt_response(200, content_type="application/x-subrip", description="`?format=srt`", success=True)
     @blp.alt_response(200, content_type="text/vtt", description="`?format=vtt`", success=True)
     def post(
-        self, stream: bool = False, format: str = "json", return_timestamps: str = "segment", vad: bool | None = None
+        self,
+        stream: bool = False,
+        format: str = "json",
+        return_timestamps: str = "segment",
+        vad: bool | None = None,
+        language: str | None = None,
+        task: str = "transcribe",
     ):
         """Transcribe audio given as a URL, a local path, or the raw request body."""
         if stream and format != "json":
@@ -95,11 +101,15 @@ class Asr(MethodView):
         if return_timestamps == "word" and format != "json":
             raise InvalidField("return_timestamps=word needs format=json.", param="return_timestamps")
         engine = ready_engine()
-        started = time.perf_counter()
         settings = context.settings()
-        options = TranscribeOptions(
-            word_timestamps=return_timestamps == "word", vad=settings.vad_filter if vad is None else vad
+        options = request_options(
+            engine,
+            language=language,
+            task=task,
+            word_timestamps=return_timestamps == "word",
+            vad=settings.vad_filter if vad is None else vad,
         )
+        started = time.perf_counter()
         audio = decode(audio_bytes_from_request(settings))
         if stream:
             return _ndjson_response(engine, audio, started, options)
@@ -161,6 +171,7 @@ def _ndjson_response(engine: Engine, audio, started: float, options: TranscribeO
                     "realtime_factor": round(audio_seconds / elapsed, 2) if elapsed > 0 else 0.0,
                     "model_id": info["model_id"],
                     "device": info["device_name"],
+                    "language": segments.language,
                 }
             )
             + "\n"

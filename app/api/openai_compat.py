@@ -1,19 +1,22 @@
-"""OpenAI-compatible routes: ``POST /v1/audio/transcriptions`` and ``GET /v1/models``.
+"""OpenAI-compatible routes: ``POST /v1/audio/transcriptions``, ``POST /v1/audio/translations``
+and ``GET /v1/models``.
 
 The same engine, batching, limits and metrics as ``/asr``, in the shapes OpenAI's API and
 SDKs use (``client.audio.transcriptions.create(model=..., file=...)``), errors included
 (``{"error": {"message", "type", "param", "code"}}``, see :mod:`app.api.errors`).
 
 Fields: ``file`` (required), ``model`` (required, as OpenAI's; any name is served by the
-loaded model, so ``whisper-1`` works), ``language`` (``en`` only for English-only
-models), ``response_format`` (``json`` | ``text`` | ``srt`` | ``vtt`` | ``verbose_json``),
-``timestamp_granularities[]`` (``segment`` and/or ``word``, with ``verbose_json``: word
-timestamps add a top-level ``words: [{word, start, end}]``), ``prompt`` and ``temperature``
-(accepted for compatibility; decoding is greedy with the fallback of
-:mod:`app.inference.fallback`), ``stream`` (``true``: server-sent events, see
-:mod:`app.api.sse`; ``json``/``text`` only), ``chunking_strategy`` / ``vad`` (voice
-activity detection, see :mod:`app.api.vad_request`).
-Not yet: ``/v1/audio/translations``.
+loaded model, so ``whisper-1`` works), ``language`` (code or English name; omitted: detected
+on multilingual models; ``en`` only for English-only models), ``response_format`` (``json`` |
+``text`` | ``srt`` | ``vtt`` | ``verbose_json``), ``timestamp_granularities[]`` (``segment``
+and/or ``word``, with ``verbose_json``: word timestamps add a top-level ``words: [{word,
+start, end}]``), ``prompt`` (conditions the decoder, as OpenAI's: ``<|startofprev|>`` and its
+last 223 tokens), ``temperature`` (0: greedy with the loop fallback of
+:mod:`app.inference.fallback`; above 0: sampled at that temperature), ``stream`` (``true``:
+server-sent events, see :mod:`app.api.sse`; ``json``/``text`` only), ``chunking_strategy`` /
+``vad`` (voice activity detection, see :mod:`app.api.vad_request`).
+``/v1/audio/translations`` takes the same fields but ``language`` and answers in English
+(multilingual models only).
 """
 
 from __future__ import annotations
@@ -29,16 +32,15 @@ from app.api import context
 from app.api.intake import audio_bytes_from_request
 from app.api.sse import transcript_events
 from app.api.subtitles import to_srt, to_vtt
-from app.api.transcribe import decode, ready_engine, transcribe
+from app.api.transcribe import decode, ready_engine, request_options, transcribe
 from app.api.vad_request import vad_from_form
 from app.errors import BadRequest, InvalidField
-from app.inference.options import TranscribeOptions
+from app.inference.languages import language_name
 
 blp = Blueprint("openai", __name__, url_prefix="/v1", description="OpenAI-compatible API")
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 STREAMABLE = ("json", "text")
-ENGLISH = ("en", "english")
 
 
 class TranscriptionForm(Schema):
@@ -137,9 +139,15 @@ _FORM = {
 }
 
 
-def _form() -> dict:
+class TranslationForm(TranscriptionForm):
+    class Meta:
+        unknown = EXCLUDE
+        exclude = ("language",)
+
+
+def _form(schema: type[Schema] = TranscriptionForm) -> dict:
     try:
-        form = TranscriptionForm().load(request.form.to_dict(flat=True))
+        form = schema().load(request.form.to_dict(flat=True))
     except ValidationError as exc:
         field = next(iter(exc.messages), None)
         raise InvalidField(f"Invalid form field(s): {exc.messages}", param=str(field) if field else None) from None
@@ -181,46 +189,97 @@ class Transcriptions(MethodView):
     @blp.alt_response(503, schema=OpenAIError, description="Model still loading.")
     def post(self):
         """Transcribe an uploaded file (OpenAI's `audio.transcriptions.create`)."""
-        engine = ready_engine()
-        if request.mimetype != "multipart/form-data":
-            raise BadRequest("Send the audio as multipart/form-data with a `file` field.", code="invalid_content_type")
-        settings = context.settings()
-        started = time.perf_counter()
-        data = audio_bytes_from_request(settings)  # parses the form; 422 without `file`
-        form = _form()
-        if form["language"] and form["language"].lower() not in ENGLISH and not engine.info.get("multilingual"):
-            raise InvalidField(
-                f"The model {engine.info['model_id']} transcribes English only (language=en).", param="language"
-            )
-        vad, vad_params = vad_from_form(request.form, settings)
-        options = TranscribeOptions(word_timestamps="word" in form["granularities"], vad=vad, vad_params=vad_params)
-        if form["stream"]:
-            return transcript_events(engine, decode(data), options, started)
-        result = transcribe(engine, decode(data), options)
-        context.metrics().transcribed(result.audio_seconds, time.perf_counter() - started)
-        fmt = form["response_format"]
-        if fmt == "text":
-            return Response(result.text + "\n", mimetype="text/plain")
-        if fmt == "srt":
-            return Response(to_srt(result.segments), mimetype="application/x-subrip")
-        if fmt == "vtt":
-            return Response(to_vtt(result.segments), mimetype="text/vtt")
-        if fmt == "verbose_json":
-            body = {
-                "task": "transcribe",
-                "duration": round(result.audio_seconds, 3),
-                "text": result.text,
-            }
-            if "segment" in form["granularities"]:
-                body["segments"] = [
-                    {"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(result.segments)
-                ]
-            if options.word_timestamps:  # OpenAI's words carry no surrounding spaces
-                body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in result.words]
-            if not engine.info.get("multilingual"):
-                body["language"] = "english"
-            return jsonify(body)  # not through the `json` schema, which would keep `text` only
-        return {"text": result.text}
+        return _audio_request("transcribe")
+
+
+_TRANSLATION_FORM = {
+    "multipart/form-data": {
+        "schema": {
+            **_FORM["multipart/form-data"]["schema"],
+            "properties": {
+                k: v for k, v in _FORM["multipart/form-data"]["schema"]["properties"].items() if k != "language"
+            },
+        }
+    }
+}
+
+
+@blp.route("/audio/translations")
+class Translations(MethodView):
+    @blp.doc(requestBody={"required": True, "content": _TRANSLATION_FORM})
+    @blp.response(200, TranscriptionJson, description="`json` (default): the English text; other formats below.")
+    @blp.alt_response(
+        200, schema=TranscriptionVerbose, content_type="application/json", description="verbose_json", success=True
+    )
+    @blp.alt_response(200, content_type="text/plain", description="`text`: the translation.", success=True)
+    @blp.alt_response(200, content_type="application/x-subrip", description="`srt` subtitles.", success=True)
+    @blp.alt_response(200, content_type="text/vtt", description="`vtt` subtitles.", success=True)
+    @blp.alt_response(400, schema=OpenAIError, description="Not a multipart/form-data request.")
+    @blp.alt_response(408, schema=OpenAIError, description="The upload did not arrive in time.")
+    @blp.alt_response(413, schema=OpenAIError, description="Upload or audio duration over the limit.")
+    @blp.alt_response(415, schema=OpenAIError, description="Not decodable audio.")
+    @blp.alt_response(
+        422, schema=OpenAIError, description="Invalid field, or an English-only model (which cannot translate)."
+    )
+    @blp.alt_response(429, schema=OpenAIError, description="Queue full; retry after `Retry-After` seconds.")
+    @blp.alt_response(503, schema=OpenAIError, description="Model still loading.")
+    def post(self):
+        """Translate an uploaded file's speech into English (OpenAI's `audio.translations.create`)."""
+        return _audio_request("translate")
+
+
+def _audio_request(task: str):
+    engine = ready_engine()
+    if request.mimetype != "multipart/form-data":
+        raise BadRequest("Send the audio as multipart/form-data with a `file` field.", code="invalid_content_type")
+    settings = context.settings()
+    started = time.perf_counter()
+    data = audio_bytes_from_request(settings)  # parses the form; 422 without `file`
+    form = _form(TranscriptionForm if task == "transcribe" else TranslationForm)
+    if task == "translate" and not engine.info.get("multilingual"):
+        raise InvalidField(
+            f"The model {engine.info['model_id']} is English-only and cannot translate; "
+            "run a multilingual model (MODEL_ID=embedded/whisper-base).",
+            param="model",
+        )
+    vad, vad_params = vad_from_form(request.form, settings)
+    options = request_options(
+        engine,
+        language=form.get("language"),
+        task=task,
+        prompt=form["prompt"],
+        temperature=form["temperature"],
+        word_timestamps="word" in form["granularities"],
+        vad=vad,
+        vad_params=vad_params,
+    )
+    if form["stream"]:
+        return transcript_events(engine, decode(data), options, started)
+    result = transcribe(engine, decode(data), options)
+    context.metrics().transcribed(result.audio_seconds, time.perf_counter() - started)
+    fmt = form["response_format"]
+    if fmt == "text":
+        return Response(result.text + "\n", mimetype="text/plain")
+    if fmt == "srt":
+        return Response(to_srt(result.segments), mimetype="application/x-subrip")
+    if fmt == "vtt":
+        return Response(to_vtt(result.segments), mimetype="text/vtt")
+    if fmt == "verbose_json":
+        body = {
+            "task": task,
+            # the language of the speech (forced or detected), by English name as OpenAI's API names it
+            "language": language_name(result.language or "en"),
+            "duration": round(result.audio_seconds, 3),
+            "text": result.text,
+        }
+        if "segment" in form["granularities"]:
+            body["segments"] = [
+                {"id": i, "start": s.start, "end": s.end, "text": s.text} for i, s in enumerate(result.segments)
+            ]
+        if options.word_timestamps:  # OpenAI's words carry no surrounding spaces
+            body["words"] = [{"word": w.word.strip(), "start": w.start, "end": w.end} for w in result.words]
+        return jsonify(body)  # not through the `json` schema, which would keep `text` only
+    return {"text": result.text}
 
 
 @blp.route("/models")

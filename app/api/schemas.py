@@ -31,6 +31,22 @@ class AsrQuery(Schema):
         },
     )
 
+    language = fields.String(
+        load_default=None,
+        validate=validate.Length(min=1, max=32),
+        metadata={
+            "description": (
+                "The spoken language as an ISO 639-1 code (`de`) or English name (`german`). Omitted: detected "
+                "(multilingual models); English-only models take `en` only."
+            )
+        },
+    )
+    task = fields.String(
+        load_default="transcribe",
+        validate=validate.OneOf(["transcribe", "translate"]),
+        metadata={"description": "`transcribe` (default) or `translate` (into English; multilingual models only)."},
+    )
+
     format = fields.String(
         load_default="json",
         validate=validate.OneOf(["json", "srt", "vtt"]),
@@ -70,6 +86,9 @@ class StreamDone(Schema):
     realtime_factor = fields.Float()
     model_id = fields.String()
     device = fields.String()
+    language = fields.String(
+        allow_none=True, metadata={"description": "ISO 639-1 code of the speech (forced or detected)."}
+    )
 
 
 class TimedWord(Schema):
@@ -92,6 +111,9 @@ class TimedChunk(Schema):
 class AsrResponse(Schema):
     text = fields.String(metadata={"description": "The whole transcript."})
     chunks = fields.List(fields.Nested(TimedChunk), metadata={"description": "Timed segments in audio order."})
+    language = fields.String(
+        metadata={"description": "ISO 639-1 code of the speech: the one asked for, or the detected one."}
+    )
 
 
 class HealthResponse(Schema):

@@ -9,9 +9,10 @@ from flask import request
 from app.api import context
 from app.api.disconnect import watch_disconnect
 from app.audio.decode import SAMPLE_RATE, decode_audio
-from app.errors import ClientClosedRequest, ServiceUnavailable
+from app.errors import ClientClosedRequest, InvalidField, ServiceUnavailable
 from app.inference.batcher import Cancelled
 from app.inference.engine import Engine
+from app.inference.languages import language_code
 from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions
 from app.inference.whisper import Transcription
 from app.threads import run_blocking
@@ -51,3 +52,45 @@ def transcribe(engine: Engine, audio, options: TranscribeOptions = DEFAULT_OPTIO
         raise ClientClosedRequest("The client closed the connection.") from None
     log.info("transcribed %.2f s of audio into %d segments", result.audio_seconds, len(result.segments))
     return result
+
+
+def request_options(
+    engine: Engine,
+    *,
+    language: str | None = None,
+    task: str = "transcribe",
+    prompt: str | None = None,
+    temperature: float = 0.0,
+    **fields,
+) -> TranscribeOptions:
+    """A request's options, checked against the loaded model (422 naming the field);
+    ``fields``: the other :class:`TranscribeOptions` (word timestamps, VAD)."""
+    multilingual = bool(engine.info.get("multilingual"))
+    code = None
+    if language:
+        code = language_code(language)
+        if code is None:
+            raise InvalidField(
+                f"Unknown language {language!r}: use an ISO 639-1 code such as `de` or a name such as `german`.",
+                param="language",
+            )
+        if code not in engine.languages:
+            raise InvalidField(
+                f"The model {engine.info['model_id']} transcribes English only (language=en)."
+                if not multilingual
+                else f"The model {engine.info['model_id']} does not know the language {code!r}.",
+                param="language",
+            )
+    if task == "translate" and not multilingual:
+        raise InvalidField(
+            f"The model {engine.info['model_id']} is English-only and cannot translate; "
+            "run a multilingual model (MODEL_ID=embedded/whisper-base).",
+            param="task",
+        )
+    return TranscribeOptions(
+        language=code,
+        task="translate" if task == "translate" else "transcribe",
+        prompt=prompt or None,
+        temperature=temperature,
+        **fields,
+    )

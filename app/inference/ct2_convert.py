@@ -117,7 +117,37 @@ def load_ct2_model(path: Path) -> CT2Model:
     parts = model_bin_parts(path)
     if not parts:
         raise ConversionError(f"no model.bin in {path.name}")
-    return read_ct2_model(io.BytesIO(b"".join(p.read_bytes() for p in parts)))
+    with io.BufferedReader(_ConcatenatedFiles(parts), buffer_size=1 << 20) as f:
+        return read_ct2_model(f)
+
+
+class _ConcatenatedFiles(io.RawIOBase):
+    """The parts of a split file read in order as one stream (never joined in memory or on disk)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._paths = list(paths)
+        self._current: BinaryIO | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while True:
+            if self._current is None:
+                if not self._paths:
+                    return 0
+                self._current = self._paths.pop(0).open("rb")
+            n = self._current.readinto(buffer)
+            if n:
+                return n
+            self._current.close()
+            self._current = None
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+        super().close()
 
 
 def _layer_count(variables: dict[str, np.ndarray], prefix: str) -> int:
@@ -206,7 +236,9 @@ class SpecialTokens:
     languages: dict[str, int]
 
 
-def _special_tokens(tokenizer_json: dict) -> SpecialTokens:
+def _special_tokens(tokenizer_json: dict, lang_ids: list[int] | None = None) -> SpecialTokens:
+    """Whisper's special ids; ``lang_ids`` (CTranslate2's config) names the language tokens
+    when given, else they are the ``<|xx|>`` tokens between the start and task tokens."""
     added = {t["content"]: t["id"] for t in tokenizer_json.get("added_tokens", [])}
     try:
         eot = added["<|endoftext|>"]
@@ -214,7 +246,8 @@ def _special_tokens(tokenizer_json: dict) -> SpecialTokens:
         languages = {
             tok: idx
             for tok, idx in added.items()
-            if re.fullmatch(r"<\|[a-z]{2,3}(?:_[a-z]+)?\|>", tok) and sot < idx < added["<|translate|>"]
+            if (idx in lang_ids if lang_ids else re.fullmatch(r"<\|[a-z]{2,3}(?:_[a-z]+)?\|>", tok))
+            and sot < idx < added["<|translate|>"]
         }
         return SpecialTokens(
             eot=eot,
@@ -268,7 +301,7 @@ def convert_ct2_whisper(src: Path, dst: Path) -> None:
     state, dims = ct2_to_state_dict(model)
     ct2_config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
     tokenizer_json = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
-    specials = _special_tokens(tokenizer_json)
+    specials = _special_tokens(tokenizer_json, ct2_config.get("lang_ids"))
     # English-only checkpoints share the token layout minus one id (51864 vs 51865+);
     # this is how OpenAI's own code tells them apart.
     is_multilingual = dims["vocab_size"] >= 51865

