@@ -127,10 +127,10 @@ def test_generate_decoder_gets_the_same_word_times(model_cache, speech_dir):
     lean = WhisperRunner(loaded, max_new_tokens=128, decoder="lean")
     reference = WhisperRunner(loaded, max_new_tokens=128, decoder="generate")
     audio = place_words(WORDS, STARTS, 25.0, speech_dir)
-    tokens = lean.generate([audio])
+    decoded = lean.decode_windows([audio])
     assert reference._aligner is None
-    ours = lean.token_times([audio], tokens, [WORD_OPTIONS])
-    theirs = reference.token_times([audio], tokens, [WORD_OPTIONS])
+    ours = lean.token_times([audio], decoded, [WORD_OPTIONS])
+    theirs = reference.token_times([audio], decoded, [WORD_OPTIONS])
     assert ours == theirs and ours[0] is not None
-    assert sum(t is not None for t in ours[0]) == sum(tok < lean._eot for tok in tokens[0])
-    assert lean.token_times([audio], tokens, [TranscribeOptions()]) == [None]  # not asked: nothing
+    assert sum(t is not None for t in ours[0]) == sum(tok < lean._eot for tok in decoded[0].tokens)
+    assert lean.token_times([audio], decoded, [TranscribeOptions()]) == [None]  # not asked: nothing
