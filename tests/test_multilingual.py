@@ -196,10 +196,18 @@ def client(base_server):
 def test_openai_transcription_detects_the_language(client, foreign_wavs, code):
     with foreign_wavs[code].open("rb") as f:
         result = client.audio.transcriptions.create(
-            model="whisper-1", file=(f"{code}.wav", f), response_format="verbose_json"
+            model="whisper-1",
+            file=(f"{code}.wav", f),
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
         )
     assert result.language == LANGUAGE_NAMES[code] and result.task == "transcribe"
     assert cer(SENTENCES[code], result.text) < MAX_CER
+    # word timestamps in the detected language: the words are the text, in order, inside the audio
+    assert cer(result.text, " ".join(w.word for w in result.words)) < 0.02
+    starts = [w.start for w in result.words]
+    assert starts == sorted(starts) and all(0 <= w.start <= w.end <= result.duration for w in result.words)
+    assert result.words[-1].end > result.duration / 2
 
 
 @pytest.mark.e2e
