@@ -74,6 +74,7 @@ class Engine:
         self.load_seconds: float | None = None
         self._info: dict[str, Any] = {"model_id": settings.model_id, "device": "unknown", "device_name": "unknown"}
         self._loader: gevent.Greenlet | None = None
+        self._model_thread: ThreadPool | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
     @property
@@ -104,7 +105,7 @@ class Engine:
         # CPU, each thread that runs torch ops gets an OpenMP team of its own; two teams
         # oversubscribe the cores, libgomp then stops spin-waiting, and the many small ops
         # of the decoding loop got ~30% slower (bench/RESULTS.md).
-        model_thread = ThreadPool(1)
+        model_thread = self._model_thread = ThreadPool(1)
 
         def build() -> WhisperRunner:
             return WhisperRunner(
@@ -146,8 +147,18 @@ class Engine:
         log.info("model %s ready on %s in %.1fs", self.settings.model_id, self._info["device_name"], self.load_seconds)
 
     def stop(self) -> None:
+        """Stop the batcher greenlet, the loader (if still loading) and the model thread.
+
+        gunicorn's worker_exit hook calls this: a model thread or batcher greenlet left
+        running kept the worker process alive after "Worker exiting" until the master
+        killed it at graceful_timeout.
+        """
+        if self._loader is not None and not self._loader.dead:
+            self._loader.kill(block=False)
         if self.batcher is not None:
             self.batcher.stop()
+        if self._model_thread is not None:
+            self._model_thread.kill()
 
     # ---- work ----------------------------------------------------------------------
     def _run_batch(self, windows: Sequence[Window]) -> list[tuple[int, ...]]:
