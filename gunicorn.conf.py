@@ -44,6 +44,8 @@ def post_worker_init(worker):
 def worker_exit(server, worker):
     # Without this the model thread / batcher greenlet kept the exiting worker alive until
     # the master's SIGKILL at graceful_timeout.
-    engine = getattr(worker, "wsgi", None) and worker.wsgi.extensions.get("asr_engine")
-    if engine is not None:
-        engine.stop()
+    from app.drain import finish_worker
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "asr_engine" in app.extensions:
+        finish_worker(app.extensions["asr_drain"], app.extensions["asr_engine"])

@@ -21,6 +21,7 @@ Everything here runs on the gevent hub; the signal handler only spawns a greenle
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
@@ -90,6 +91,25 @@ def drain_then_stop(worker: Any, drain: Drain, *, prestop_s: float, timeout_s: f
         return
     log.warning("drain timed out after %.1fs with %d request(s) still in flight; exiting", timeout_s, drain.in_flight)
     sys.exit(0)  # raised in the main greenlet by gevent's hub, as gunicorn's own quick quit does
+
+
+def finish_worker(drain: Drain, engine: Any) -> None:
+    """gunicorn ``worker_exit``: stop the engine, or end the process now if work was abandoned.
+
+    After a drain that timed out, requests are still waiting and the model thread may be
+    in the middle of a batch; stopping gevent's thread pool waits for that batch (tens of
+    seconds for a large one on CPU; observed: until the master's SIGKILL at
+    graceful_timeout). Nobody will read those results, so the process ends at once, logs
+    flushed. Otherwise the engine stops cleanly and Python exits normally.
+    """
+    if drain.in_flight > 0 or engine.model_busy:
+        busy = engine.model_busy
+        log.warning("worker exiting with %d request(s) abandoned (model thread busy: %s)", drain.in_flight, busy)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    engine.stop()
 
 
 def install_sigterm_drain(worker: Any, drain: Drain, *, prestop_s: float, timeout_s: float) -> None:

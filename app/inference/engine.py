@@ -146,6 +146,11 @@ class Engine:
         self.state = EngineState.READY
         log.info("model %s ready on %s in %.1fs", self.settings.model_id, self._info["device_name"], self.load_seconds)
 
+    @property
+    def model_busy(self) -> bool:
+        """True while the model thread still runs a batch (or the load)."""
+        return self._model_thread is not None and self._model_thread.task_queue.unfinished_tasks > 0
+
     def stop(self) -> None:
         """Stop the batcher greenlet, the loader (if still loading) and the model thread.
 
