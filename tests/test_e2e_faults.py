@@ -1,4 +1,4 @@
-"""Faults against a real gunicorn server: SIGTERM under load, a model that fails to load.
+"""Faults against a real gunicorn server: SIGTERM under load, a drain that times out, a failed model load.
 
 Related faults covered elsewhere, not repeated here: a client hanging up mid-stream or
 before a plain reply frees its queued windows (test_e2e_server.py); a stalled or trickling
@@ -163,3 +163,29 @@ def test_model_that_fails_to_load_leaves_hc_503_failed_with_a_clear_log_line(tmp
         started = time.monotonic()
         stop_server(server)
     assert time.monotonic() - started < 10
+
+
+def test_drain_timeout_drops_what_is_left_and_exits_at_once(tmp_path, model_cache, long_wav):
+    env = {"CACHE_DIR": str(model_cache), "DRAIN_TIMEOUT_S": "2", "GRACEFUL_TIMEOUT_S": "60"}
+    server = start_server(env, tmp_path / "gunicorn.log", tmp_path)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            # ~10 min of audio: far more than 2 s of work, even on a fast machine
+            job = pool.submit(requests.post, server.url + "/asr", data=long_wav.read_bytes(), timeout=300)
+            deadline = time.monotonic() + 120
+            while _metric(server.url, "asr_queue_windows") == 0:
+                assert time.monotonic() < deadline and not job.done()
+                time.sleep(0.05)
+            os.killpg(server.process.pid, signal.SIGTERM)
+            sent = time.monotonic()
+            server.process.wait(45)
+            took = time.monotonic() - sent
+            with pytest.raises(requests.ConnectionError):  # dropped, not answered
+                job.result()
+        # the drain's 2 s, then out at once: not after the batch running, not at graceful_timeout
+        assert took < 12, server.log()
+        log = server.log()
+        assert "drain timed out after 2.0s with 1 request(s) still in flight" in log
+        assert "worker exiting with 1 request(s) abandoned" in log
+    finally:
+        stop_server(server)
