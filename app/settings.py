@@ -30,30 +30,6 @@ class Settings(BaseSettings):
         1000, ge=1, description="Concurrent connections one gevent worker accepts (gunicorn worker_connections)."
     )
     api_key: str | None = Field(None, description="Reserved for bearer-token auth (not enforced yet).")
-    graceful_timeout_s: float = Field(
-        60.0,
-        gt=0,
-        description=(
-            "gunicorn graceful_timeout: after SIGTERM the master kills a worker still running after this many "
-            "seconds. Give the orchestrator a little more (Kubernetes terminationGracePeriodSeconds)."
-        ),
-    )
-    drain_prestop_s: float = Field(
-        0.0,
-        ge=0,
-        description=(
-            "After SIGTERM, seconds during which /hc already answers 503 `draining` (and new work 503) while "
-            "the listening socket stays open, so load balancers take the instance out before it goes."
-        ),
-    )
-    drain_timeout_s: float = Field(
-        50.0,
-        gt=0,
-        description=(
-            "After SIGTERM (and the pre-stop delay), the longest wait for in-flight requests and streams to "
-            "finish; the worker then exits. DRAIN_PRESTOP_S + DRAIN_TIMEOUT_S must be below GRACEFUL_TIMEOUT_S."
-        ),
-    )
 
     # --- model --------------------------------------------------------------------
     model_id: str = Field(
@@ -132,6 +108,32 @@ class Settings(BaseSettings):
     )
     fetch_timeout_s: float = Field(300.0, gt=0, description="Longest total time to download an audio URL (504 after).")
     decode_timeout_s: float = Field(300.0, gt=0, description="Longest time ffmpeg may take to decode one input.")
+
+    # --- shutdown (SIGTERM drain, app/drain.py) ----------------------------------
+    graceful_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "gunicorn graceful_timeout: after SIGTERM the master kills a worker still running after this many "
+            "seconds. Give the orchestrator a little more (Kubernetes terminationGracePeriodSeconds)."
+        ),
+    )
+    drain_prestop_s: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "After SIGTERM, seconds during which /hc already answers 503 `draining` (and new work 503) while "
+            "the listening socket stays open, so load balancers take the instance out before it goes."
+        ),
+    )
+    drain_timeout_s: float = Field(
+        50.0,
+        gt=0,
+        description=(
+            "After SIGTERM (and the pre-stop delay), the longest wait for in-flight requests and streams to "
+            "finish; the worker then exits. DRAIN_PRESTOP_S + DRAIN_TIMEOUT_S must be below GRACEFUL_TIMEOUT_S."
+        ),
+    )
 
     @field_validator("local_audio_dir", mode="before")
     @classmethod
