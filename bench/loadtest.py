@@ -201,14 +201,15 @@ def summarize(run: Run, rss: list[tuple[float, float]], t0: float, args, extra: 
             )
     ok_audio = sum(run.files[r.audio]["seconds"] for r in before if r.outcome == "ok")
     load_s = (run.sigterm_at or run.stop_at) - t0
-    warm = [v for t, v in rss if t >= args.rss_warmup_s] or [v for _, v in rss]
-    end_t = rss[-1][0] if rss else 0.0
-    half = [v for t, v in rss if t >= end_t / 2]
+    # growth is judged over the load phase only (the drain after SIGTERM is not steady state)
+    load = [(t, v) for t, v in rss if t <= load_s] or rss
+    warm = [v for t, v in load if t >= args.rss_warmup_s] or [v for _, v in load]
+    half = [v for t, v in load if t >= load_s / 2]
     rss_info = {
         "first_mb": rss[0][1] if rss else None,
         "after_warmup_mb": warm[0] if warm else None,
-        "peak_mb": max(v for _, v in rss) if rss else None,
-        "last_mb": warm[-1] if warm else None,
+        "peak_mb": max(v for _, v in rss) if rss else None,  # drain included
+        "last_mb": warm[-1] if warm else None,  # at the end of the load phase
         "growth_after_warmup_mb": (warm[-1] - warm[0]) if warm else None,
         # a leak keeps growing; allocator high-water marks (bigger batches) level off
         "growth_second_half_mb": (half[-1] - half[0]) if half else None,
@@ -221,7 +222,7 @@ def summarize(run: Run, rss: list[tuple[float, float]], t0: float, args, extra: 
     ]
     growth = rss_info["growth_second_half_mb"]
     if growth is not None and growth > args.max_rss_growth_mb:
-        failures.append(f"RSS grew {growth:.0f} MB in the second half of the run (> {args.max_rss_growth_mb})")
+        failures.append(f"RSS grew {growth:.0f} MB in the second half of the load (> {args.max_rss_growth_mb})")
     return {
         "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "bench/loadtest.py", *sys.argv[1:]]),
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -270,7 +271,7 @@ def render(s: dict) -> str:
         "",
         f"Worker RSS (MB): first {f(r['first_mb'], '.0f')}, after warm-up {f(r['after_warmup_mb'], '.0f')}, "
         f"peak {f(r['peak_mb'], '.0f')}, last {f(r['last_mb'], '.0f')}; growth after warm-up "
-        f"{f(r['growth_after_warmup_mb'], '+.0f')} MB, in the second half of the run "
+        f"{f(r['growth_after_warmup_mb'], '+.0f')} MB, in the second half of the load phase "
         f"**{f(r['growth_second_half_mb'], '+.0f')} MB** ({r['samples']} samples, one a second)",
     ]
     if s["sigterm"]:
@@ -299,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-sigterm", action="store_true", help="stop the users at the deadline instead")
     p.add_argument("--rss-warmup-s", type=float, default=60.0, help="'after warm-up' RSS is taken from here on")
     p.add_argument(
-        "--max-rss-growth-mb", type=float, default=200.0, help="fail when RSS grows more in the run's second half"
+        "--max-rss-growth-mb", type=float, default=200.0, help="fail when RSS grows more in the load's second half"
     )
     p.add_argument(
         "--drain-timeout", type=float, default=240.0, help="server DRAIN_TIMEOUT_S: room for every accepted request"
