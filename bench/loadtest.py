@@ -270,7 +270,8 @@ def render(s: dict) -> str:
     out += [
         "",
         f"Worker RSS (MB): first {f(r['first_mb'], '.0f')}, after warm-up {f(r['after_warmup_mb'], '.0f')}, "
-        f"peak {f(r['peak_mb'], '.0f')}, last {f(r['last_mb'], '.0f')}; growth after warm-up "
+        f"peak {f(r['peak_mb'], '.0f')} (drain included), at the end of the load {f(r['last_mb'], '.0f')}; "
+        "growth after warm-up "
         f"{f(r['growth_after_warmup_mb'], '+.0f')} MB, in the second half of the load phase "
         f"**{f(r['growth_second_half_mb'], '+.0f')} MB** ({r['samples']} samples, one a second)",
     ]
