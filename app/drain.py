@@ -20,6 +20,7 @@ Everything here runs on the gevent hub; the signal handler only spawns a greenle
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ import gevent.event
 from werkzeug.wsgi import ClosingIterator
 
 log = logging.getLogger(__name__)
+
+EXIT_WATCHDOG_S = 5.0  # most time Python's own exit may take once the engine is stopped
 
 
 class Drain:
@@ -109,7 +112,11 @@ def finish_worker(drain: Drain, engine: Any) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+    # Watchdog: Python's exit has been seen to wait in gevent's hub after a long load; if the
+    # process is still here after EXIT_WATCHDOG_S, print every thread's stack and end it.
+    faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
     engine.stop()
+    log.info("engine stopped; worker process exiting")
 
 
 def install_sigterm_drain(worker: Any, drain: Drain, *, prestop_s: float, timeout_s: float) -> None:
