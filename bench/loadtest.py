@@ -141,8 +141,8 @@ def user(run: Run, index: int) -> None:
                 break  # without --sigterm: stop at the deadline
             result, backoff = one_request(session, run, rng.choices(names, weights)[0], rng.random() < 0.5)
             run.add(result)
-            if result.outcome == "refused_after_exit" and result.after_sigterm and run.exited.is_set():
-                break
+            if result.outcome == "refused_after_exit":
+                break  # the draining worker has closed its socket: nothing more to send
             if backoff:
                 time.sleep(backoff)
 
