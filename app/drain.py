@@ -20,7 +20,6 @@ Everything here runs on the gevent hub; the signal handler only spawns a greenle
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import os
 import signal
@@ -33,8 +32,6 @@ import gevent.event
 from werkzeug.wsgi import ClosingIterator
 
 log = logging.getLogger(__name__)
-
-EXIT_WATCHDOG_S = 5.0  # most time Python's own exit may take once the engine is stopped
 
 
 class Drain:
@@ -97,26 +94,26 @@ def drain_then_stop(worker: Any, drain: Drain, *, prestop_s: float, timeout_s: f
 
 
 def finish_worker(drain: Drain, engine: Any) -> None:
-    """gunicorn ``worker_exit``: stop the engine, or end the process now if work was abandoned.
+    """gunicorn ``worker_exit``: stop the engine and end the worker process now.
 
-    After a drain that timed out, requests are still waiting and the model thread may be
-    in the middle of a batch; stopping gevent's thread pool waits for that batch (tens of
-    seconds for a large one on CPU; observed: until the master's SIGKILL at
-    graceful_timeout). Nobody will read those results, so the process ends at once, logs
-    flushed. Otherwise the engine stops cleanly and Python exits normally.
+    Python's normal exit does not finish here: its atexit hook for ``concurrent.futures``
+    joins executor threads that were started inside the (now stopped) model thread, where
+    gevent's monkey-patching made them greenlets of that thread's hub, so the join waits in
+    the main hub for ever (observed after a load test: until the master's SIGKILL at
+    graceful_timeout). And after a drain that timed out, requests still wait and the model
+    thread may be mid-batch; stopping gevent's thread pool would wait for that batch. The
+    worker has nothing left to do: logs are flushed and the process ends with ``os._exit``.
     """
-    if drain.in_flight > 0 or engine.model_busy:
-        busy = engine.model_busy
+    busy = engine.model_busy
+    if drain.in_flight > 0 or busy:
         log.warning("worker exiting with %d request(s) abandoned (model thread busy: %s)", drain.in_flight, busy)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    # Watchdog: Python's exit has been seen to wait in gevent's hub after a long load; if the
-    # process is still here after EXIT_WATCHDOG_S, print every thread's stack and end it.
-    faulthandler.dump_traceback_later(EXIT_WATCHDOG_S, exit=True)
-    engine.stop()
-    log.info("engine stopped; worker process exiting")
+    else:
+        engine.stop()
+    log.info("worker process exiting")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def install_sigterm_drain(worker: Any, drain: Drain, *, prestop_s: float, timeout_s: float) -> None:
