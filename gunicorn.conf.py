@@ -42,8 +42,8 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    # Without this the model thread / batcher greenlet kept the exiting worker alive until
-    # the master's SIGKILL at graceful_timeout.
+    # Stops the engine and ends the process (os._exit): Python's own exit hung in gevent's hub
+    # until the master's SIGKILL at graceful_timeout (see app/drain.py finish_worker).
     from app.drain import finish_worker
 
     app = getattr(worker, "wsgi", None)

@@ -154,9 +154,8 @@ class Engine:
     def stop(self) -> None:
         """Stop the batcher greenlet, the loader (if still loading) and the model thread.
 
-        gunicorn's worker_exit hook calls this: a model thread or batcher greenlet left
-        running kept the worker process alive after "Worker exiting" until the master
-        killed it at graceful_timeout.
+        gunicorn's worker_exit hook calls this (app/drain.py ``finish_worker``) when the model
+        thread is idle: gevent's ``ThreadPool.kill()`` waits for a batch still running.
         """
         if self._loader is not None and not self._loader.dead:
             self._loader.kill(block=False)
