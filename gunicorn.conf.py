@@ -5,6 +5,7 @@ same Settings object the app uses (see README).
 """
 
 import logging
+import math
 
 from app.logs import logconfig_dict as _logconfig_dict
 from app.settings import Settings
@@ -18,7 +19,9 @@ worker_class = "gevent"
 worker_connections = _settings.gevent_connections
 # The model loads in a native thread after the worker boots; heartbeats keep flowing meanwhile.
 timeout = 120
-graceful_timeout = 60
+# SIGTERM -> the worker drains (app/drain.py) within DRAIN_PRESTOP_S + DRAIN_TIMEOUT_S, which the
+# settings keep below this; the master kills a worker still there after it.
+graceful_timeout = math.ceil(_settings.graceful_timeout_s)
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
@@ -29,5 +32,23 @@ forwarded_allow_ips = "127.0.0.1"
 
 
 def post_worker_init(worker):
+    from app.drain import install_sigterm_drain
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_sigterm_drain(
+        worker,
+        worker.wsgi.extensions["asr_drain"],
+        prestop_s=_settings.drain_prestop_s,
+        timeout_s=_settings.drain_timeout_s,
+    )
     worker.wsgi.extensions["asr_engine"].start()
+
+
+def worker_exit(server, worker):
+    # Stops the engine and ends the process (os._exit): Python's own exit hung in gevent's hub
+    # until the master's SIGKILL at graceful_timeout (see app/drain.py finish_worker).
+    from app.drain import finish_worker
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "asr_engine" in app.extensions:
+        finish_worker(app.extensions["asr_drain"], app.extensions["asr_engine"])

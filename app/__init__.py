@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     from app.api import asr, auth, health, metrics, openai_compat, request_id
     from app.api.errors import register_error_handlers
+    from app.drain import Drain
     from app.inference.engine import Engine
     from app.metrics import build_registry
     from app.settings import Settings
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     )
     app.extensions["asr_settings"] = settings
     app.extensions["asr_engine"] = engine
+    app.extensions["asr_drain"] = drain = Drain()
+    app.wsgi_app = drain.wrap(app.wsgi_app)  # type: ignore[method-assign]  # counts in-flight requests
     app.extensions["asr_metrics_registry"], app.extensions["asr_metrics"] = build_registry(engine)
     request_id.register_request_id(app)  # first: every later hook, error and log line has the id
     auth.register_auth(app, settings)

@@ -148,6 +148,32 @@ class Settings(BaseSettings):
         0.4, ge=0, le=5, description="VAD: audio kept before and after each speech region, seconds."
     )
 
+    # --- shutdown (SIGTERM drain, app/drain.py) ----------------------------------
+    graceful_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "gunicorn graceful_timeout: after SIGTERM the master kills a worker still running after this many "
+            "seconds. Give the orchestrator a little more (Kubernetes terminationGracePeriodSeconds)."
+        ),
+    )
+    drain_prestop_s: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "After SIGTERM, seconds during which /hc already answers 503 `draining` (and new work 503) while "
+            "the listening socket stays open, so load balancers take the instance out before it goes."
+        ),
+    )
+    drain_timeout_s: float = Field(
+        50.0,
+        gt=0,
+        description=(
+            "After SIGTERM (and the pre-stop delay), the longest wait for in-flight requests and streams to "
+            "finish; the worker then exits. DRAIN_PRESTOP_S + DRAIN_TIMEOUT_S must be below GRACEFUL_TIMEOUT_S."
+        ),
+    )
+
     @field_validator("local_audio_dir", mode="before")
     @classmethod
     def _blank_dir_is_unset(cls, value: object) -> object:
@@ -182,6 +208,12 @@ class Settings(BaseSettings):
     def _check_stride(self) -> Settings:
         if 2 * self.effective_stride_s >= self.chunk_length_s:
             raise ValueError("STRIDE_LENGTH_S must be less than half of CHUNK_LENGTH_S")
+        return self
+
+    @model_validator(mode="after")
+    def _check_drain(self) -> Settings:
+        if self.drain_prestop_s + self.drain_timeout_s >= self.graceful_timeout_s:
+            raise ValueError("DRAIN_PRESTOP_S + DRAIN_TIMEOUT_S must be less than GRACEFUL_TIMEOUT_S")
         return self
 
     @property

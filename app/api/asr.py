@@ -72,7 +72,7 @@ class Asr(MethodView):
     @blp.alt_response(502, schema=ErrorResponse, description="The audio URL failed.")
     @blp.alt_response(408, schema=ErrorResponse, description="The request body did not arrive in time.")
     @blp.alt_response(429, schema=ErrorResponse, description="Queue full; retry after `Retry-After` seconds.")
-    @blp.alt_response(503, schema=ErrorResponse, description="Model still loading.")
+    @blp.alt_response(503, schema=ErrorResponse, description="Model still loading, or the server is shutting down.")
     @blp.alt_response(504, schema=ErrorResponse, description="The audio URL timed out.")
     @blp.alt_response(
         200,

@@ -16,12 +16,19 @@ blp = Blueprint("health", __name__, description="Readiness")
 @blp.route("/hc")
 class Health(MethodView):
     @blp.response(200, HealthResponse, description="The model is loaded and warmed; ready for traffic.")
-    @blp.alt_response(503, description='Still loading (`{"status": "loading"}`) or failed to load.')
+    @blp.alt_response(
+        503,
+        description='Still loading (`{"status": "loading"}`), failed to load (`failed`) or shutting down (`draining`).',
+    )
     def get(self):
         """Readiness probe: 200 once the model is loaded and warmed, 503 before."""
         engine = context.engine()
-        if not engine.ready:
-            response = jsonify({"status": engine.state.value if engine.state.value != "idle" else "loading"})
+        if context.drain().draining or not engine.ready:
+            if context.drain().draining:
+                status = "draining"  # SIGTERM: in-flight work finishes, new work goes elsewhere
+            else:
+                status = engine.state.value if engine.state.value != "idle" else "loading"
+            response = jsonify({"status": status})
             response.status_code = 503
             response.headers["Retry-After"] = "5"
             return response

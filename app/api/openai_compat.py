@@ -186,7 +186,7 @@ class Transcriptions(MethodView):
     @blp.alt_response(415, schema=OpenAIError, description="Not decodable audio.")
     @blp.alt_response(422, schema=OpenAIError, description="Invalid or unsupported field (`param` names it).")
     @blp.alt_response(429, schema=OpenAIError, description="Queue full; retry after `Retry-After` seconds.")
-    @blp.alt_response(503, schema=OpenAIError, description="Model still loading.")
+    @blp.alt_response(503, schema=OpenAIError, description="Model still loading, or the server is shutting down.")
     def post(self):
         """Transcribe an uploaded file (OpenAI's `audio.transcriptions.create`)."""
         return _audio_request("transcribe")

@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def ready_engine() -> Engine:
-    """The engine, or 503 with Retry-After while it loads (or after it failed to)."""
+    """The engine, or 503 with Retry-After while it loads (or after it failed to, or shuts down)."""
+    if context.drain().draining:
+        raise ServiceUnavailable(
+            "The server is shutting down; retry (another instance).", code="draining", retry_after=5
+        )
     engine = context.engine()
     if not engine.ready:
         if engine.state.value == "failed":

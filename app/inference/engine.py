@@ -98,6 +98,7 @@ class Engine:
         self._info: dict[str, Any] = {"model_id": settings.model_id, "device": "unknown", "device_name": "unknown"}
         self._loader: gevent.Greenlet | None = None
         self.vad = VoiceDetector()  # loaded on the model thread by the first request that asks for it
+        self._model_thread: ThreadPool | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
     @property
@@ -128,7 +129,7 @@ class Engine:
         # CPU, each thread that runs torch ops gets an OpenMP team of its own; two teams
         # oversubscribe the cores, libgomp then stops spin-waiting, and the many small ops
         # of the decoding loop got ~30% slower (bench/RESULTS.md).
-        model_thread = ThreadPool(1)
+        model_thread = self._model_thread = ThreadPool(1)
 
         def build() -> WhisperRunner:
             return WhisperRunner(
@@ -169,9 +170,23 @@ class Engine:
         self.state = EngineState.READY
         log.info("model %s ready on %s in %.1fs", self.settings.model_id, self._info["device_name"], self.load_seconds)
 
+    @property
+    def model_busy(self) -> bool:
+        """True while the model thread still runs a batch (or the load)."""
+        return self._model_thread is not None and self._model_thread.task_queue.unfinished_tasks > 0
+
     def stop(self) -> None:
+        """Stop the batcher greenlet, the loader (if still loading) and the model thread.
+
+        gunicorn's worker_exit hook calls this (app/drain.py ``finish_worker``) when the model
+        thread is idle: gevent's ``ThreadPool.kill()`` waits for a batch still running.
+        """
+        if self._loader is not None and not self._loader.dead:
+            self._loader.kill(block=False)
         if self.batcher is not None:
             self.batcher.stop()
+        if self._model_thread is not None:
+            self._model_thread.kill()
 
     # ---- work ----------------------------------------------------------------------
     def _run_batch(self, windows: Sequence[Window]) -> list[tuple[WindowResult, TokenTimes | None]]:
