@@ -4,7 +4,6 @@ Run: ``gunicorn -c gunicorn.conf.py wsgi:app``. HOST/PORT and the rest come from
 same Settings object the app uses (see README).
 """
 
-import logging
 import math
 
 from app.logs import logconfig_dict as _logconfig_dict
@@ -34,7 +33,6 @@ forwarded_allow_ips = "127.0.0.1"
 def post_worker_init(worker):
     from app.drain import install_sigterm_drain
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install_sigterm_drain(
         worker,
         worker.wsgi.extensions["asr_drain"],
