@@ -294,7 +294,7 @@ def render(s: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--duration", type=float, default=240.0, help="seconds of load before the SIGTERM (default 240)")
+    p.add_argument("--duration", type=float, default=480.0, help="seconds of load before the SIGTERM (default 480)")
     p.add_argument("--users", type=int, default=4, help="concurrent simulated users (default 4)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server CPU_THREADS (default: all)")
     p.add_argument("--seed", type=int, default=7)
