@@ -8,7 +8,6 @@ from app.inference.continuation import (
     complete_early_endings,
     has_sound,
     last_closed_segment,
-    last_closed_timestamp,
     sound_seconds,
 )
 from app.inference.merge import merge_windows, parse_segments
@@ -39,9 +38,10 @@ def ts(seconds: float) -> int:
         ([ts(0), *range(1, 11), ts(6)], 11),  # ten tokens in 6 s is plausible
     ],
 )
-def test_last_closed_timestamp(tokens, closed):
+def test_last_closed_segment_ends_at(tokens, closed):
     talk = _window([(0, 30)])  # sound all through: a long segment with few words skipped speech
-    assert last_closed_timestamp(tokens, B, talk) == closed
+    found = last_closed_segment(tokens, B, talk)
+    assert (found[1] if found else None) == closed
 
 
 def _window(sound: list[tuple[float, float]], seconds: float = 30.0) -> np.ndarray:

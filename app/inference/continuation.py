@@ -83,7 +83,7 @@ def last_closed_segment(tokens: Sequence[int], timestamp_begin: int, audio: np.n
         if opened is not None and text_tokens:
             start_s = (tokens[opened] - timestamp_begin) * TIME_PRECISION
             end_s = (tok - timestamp_begin) * TIME_PRECISION
-            if _implausibly_sparse(sound_seconds(audio, start_s, end_s), text_tokens):
+            if _implausibly_sparse(audio, start_s, end_s, text_tokens):
                 break
             found, opened = (opened, i), None
         else:
@@ -93,15 +93,12 @@ def last_closed_segment(tokens: Sequence[int], timestamp_begin: int, audio: np.n
     return found
 
 
-def last_closed_timestamp(tokens: Sequence[int], timestamp_begin: int, audio: np.ndarray) -> int | None:
-    """Index in ``tokens`` of the timestamp that closes the last trustworthy segment, if any
-    (:func:`last_closed_segment`)."""
-    found = last_closed_segment(tokens, timestamp_begin, audio)
-    return None if found is None else found[1]
-
-
-def _implausibly_sparse(sound_s: float, text_tokens: int) -> bool:
-    return sound_s >= SPARSE_SEGMENT_S and text_tokens < SPARSE_TOKENS_PER_S * sound_s
+def _implausibly_sparse(audio: np.ndarray, start_s: float, end_s: float, text_tokens: int) -> bool:
+    seconds = end_s - start_s
+    if seconds < SPARSE_SEGMENT_S or text_tokens >= SPARSE_TOKENS_PER_S * seconds:
+        return False  # dense enough in time, so in sound too (the usual case: no audio read)
+    sound = sound_seconds(audio, start_s, end_s)
+    return sound >= SPARSE_SEGMENT_S and text_tokens < SPARSE_TOKENS_PER_S * sound
 
 
 def sound_seconds(audio: np.ndarray, start_s: float, end_s: float) -> float:
