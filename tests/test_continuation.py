@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from app.inference.chunking import iter_chunks
-from app.inference.continuation import complete_early_endings, has_sound, last_closed_timestamp
-from app.inference.merge import merge_windows
+from app.inference.continuation import (
+    complete_early_endings,
+    has_sound,
+    last_closed_segment,
+    sound_seconds,
+)
+from app.inference.merge import merge_windows, parse_segments
 from app.inference.model_loader import load_model
 from app.inference.whisper import DecodedChunk, WhisperRunner
 from app.settings import Settings
@@ -33,8 +38,10 @@ def ts(seconds: float) -> int:
         ([ts(0), *range(1, 11), ts(6)], 11),  # ten tokens in 6 s is plausible
     ],
 )
-def test_last_closed_timestamp(tokens, closed):
-    assert last_closed_timestamp(tokens, B) == closed
+def test_last_closed_segment_ends_at(tokens, closed):
+    talk = _window([(0, 30)])  # sound all through: a long segment with few words skipped speech
+    found = last_closed_segment(tokens, B, talk)
+    assert (found[1] if found else None) == closed
 
 
 def _window(sound: list[tuple[float, float]], seconds: float = 30.0) -> np.ndarray:
@@ -43,6 +50,33 @@ def _window(sound: list[tuple[float, float]], seconds: float = 30.0) -> np.ndarr
     for start, end in sound:
         audio[int(start * 16000) : int(end * 16000)] += 0.3 * np.sin(np.arange(int((end - start) * 16000)) / 5)
     return audio
+
+
+#: isolated words: 0.5 s of sound every 2.5 s (3 s of sound in 0-14 s)
+WORDS_SOUND = [(t, t + 0.5) for t in (0.4, 3.3, 6.0, 8.1, 10.4, 13.0, 19.5, 23.0, 26.4, 28.2)]
+
+
+def test_a_long_segment_of_isolated_words_is_no_skipped_speech():
+    """Six words over 13.7 s is sparse in time, not in sound: the rule counts seconds of sound.
+    (Counting time, tiny.en's ``<|0.00|> Thunder Silver Orange Doctor Camera Forest<|13.68|>``
+    made the whole window untrusted, and its lost tail was never decoded again.)"""
+    tokens = [ts(0), *range(1, 7), ts(13.68), ts(19.18), 7, 8, ts(23.56), ts(26.08)]
+    assert sound_seconds(_window(WORDS_SOUND), 0, 13.68) == pytest.approx(3.0)
+    assert last_closed_segment(tokens, B, _window(WORDS_SOUND)) == (8, 11)
+    assert last_closed_segment(tokens, B, _window([(0, 30)])) is None  # the same tokens over talk
+
+
+@pytest.mark.parametrize(
+    ("tokens", "span"),
+    [
+        ([ts(0), 5, ts(1), ts(2), 6, ts(3)], (3, 5)),
+        ([ts(0), 5, ts(1), ts(1), 6, ts(3), ts(3)], (3, 5)),  # trailing start with no text
+        ([ts(0), 5, ts(1), 6, ts(3)], (2, 4)),  # one timestamp closes 5 and opens 6
+        ([ts(0), 5, ts(1), ts(2), 6, 7], (0, 2)),  # the last segment is cut off
+    ],
+)
+def test_last_closed_segment_spans_open_and_close(tokens, span):
+    assert last_closed_segment(tokens, B, _window([(0, 30)])) == span
 
 
 def test_has_sound_is_relative_to_the_window():
@@ -73,6 +107,45 @@ def test_complete_early_endings_splices_the_continuation_in_window_time():
     assert redecodes == 1 and calls == [[len(audios[0]) - 16000]]  # the audio after 1.00 s
     assert out[0] == (ts(0), 5, ts(1), ts(1), 6, 7, ts(5), ts(5), *range(8, 80), ts(24))
     assert out[1:] == first[1:]
+
+
+def test_continuation_starts_where_the_last_segment_starts():
+    """A window that stopped after ``<|19.18|> 7 8<|23.56|>`` is decoded again from 19.18 s
+    (that segment too), not from the pause at 23.56 s: tiny.en hallucinated on that tail."""
+    audio = _window(WORDS_SOUND)
+    first = [(ts(0), *range(1, 7), ts(13.68), ts(19.18), 7, 8, ts(23.56), ts(26.08))]
+    calls = []
+
+    def decode(batch):
+        calls.append([len(a) for a in batch])
+        return [(ts(0), 7, ts(2), ts(3.48), 8, ts(5.48), ts(6.84), 9, ts(8.84), ts(8.84), 10, ts(10.84))]
+
+    out, redecodes = complete_early_endings([audio], first, [30], decode, B)
+    assert redecodes == 1 and calls == [[len(audio) - round(19.18 * 16000)]]
+    assert out[0] == (
+        *first[0][:9],  # up to and with <|19.18|>
+        ts(19.18), 7, ts(21.18), ts(22.66), 8, ts(24.66), ts(26.02), 9, ts(28.02), ts(28.02), 10, ts(30),
+    )  # fmt: skip
+
+
+def test_a_second_round_from_the_same_segment_start_goes_on_from_its_end():
+    audio = _window([(0, 30)])
+    starts = []
+
+    def decode(batch):
+        start = round((len(audio) - len(batch[0])) / 16000, 2)
+        starts.append(start)
+        word = {3.0: 6, 5.0: 7}[start]
+        return [(ts(0), word, ts(2), ts(2))]  # each continuation hears one segment, then stops
+
+    out, redecodes = complete_early_endings([audio], [(ts(0), 5, ts(3), ts(3), 6, ts(5))], [30], decode, B)
+    assert starts == [3.0, 5.0] and redecodes == 2
+    assert out[0] == (ts(0), 5, ts(3), ts(3), ts(3), 6, ts(5), ts(5), 7, ts(7), ts(7))
+    assert [s.tokens for s in parse_segments(out[0], next(iter_chunks(audio, 30, 5)), B, 0.02)] == [
+        (5,),
+        (6,),
+        (7,),
+    ]
 
 
 def test_no_progress_means_no_more_rounds():

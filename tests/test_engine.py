@@ -1,11 +1,14 @@
 """The engine on real weights and real speech, without HTTP."""
 
+import itertools
+
 import numpy as np
 import pytest
 
 from app.audio.decode import decode_audio
 from app.inference.chunking import SAMPLE_RATE
 from app.inference.engine import Engine
+from app.inference.options import TranscribeOptions
 from app.settings import Settings
 from tests.speech import MAX_PASSAGE_WER, PASSAGE, SENTENCE, longest_runs, wer
 
@@ -85,3 +88,31 @@ def test_closing_a_stream_early_drops_its_queued_windows(engine, passage_wav):
     assert engine.batcher.queue.pending == 0
     ran = engine.batcher.stats.chunks - chunks_before
     assert ran < len(engine.chunks_for(audio))  # the later windows never reached the model
+
+
+# isolated words placed at known seconds (as tests/test_word_timestamps.py): 50 s, windows 0-30 and 20-50 s
+BORDER_WORDS = ["apple", "river", "mountain", "yellow", "window", "garden", "thunder", "silver"]
+BORDER_WORDS += ["orange", "doctor", "camera", "forest", "monkey", "hammer", "button", "kitchen"]
+BORDER_STARTS = [1.0, 4.2, 7.5, 10.1, 13.6, 17.0, 20.4, 23.3, 26.0, 28.1, 30.4, 33.0, 39.5, 43.0, 46.4, 48.2]
+
+
+def test_isolated_words_across_a_border_are_neither_doubled_nor_lost(engine, speech_dir):
+    """Two defects once met here: the right window heard "Thunder ... Forest" (20-33.7 s) as one
+    segment and the merge kept "Thunder Silver" twice; and the 20-50 s window stopped at
+    "Hammer<|23.56|>" (43.6 s), so "button" and "kitchen" (46.4, 48.2 s) were lost."""
+    from tests.speech import normalize, place_words
+
+    audio = place_words(BORDER_WORDS, BORDER_STARTS, 50.0, speech_dir)
+    assert [c.start_s for c in engine.chunks_for(audio)] == [0.0, 20.0]
+    for options in (TranscribeOptions(), TranscribeOptions(word_timestamps=True)):
+        result = engine.transcribe(audio, options)
+        heard = normalize(result.text).split()
+        assert heard == BORDER_WORDS, result.text  # each word once, in order (tiny.en hears all 16)
+        spans = [(s.start, s.end) for s in result.segments]
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans  # no segment heard twice
+        for seg in result.segments:  # each segment starts at most 1 s before its first word
+            first = BORDER_WORDS.index(normalize(seg.text).split()[0])
+            assert BORDER_STARTS[first] - 1.0 <= seg.start <= BORDER_STARTS[first] + 0.5, (seg, BORDER_STARTS[first])
+        if options.word_timestamps:
+            starts = [w.start for w in result.words]
+            assert np.abs(np.array(starts) - BORDER_STARTS).max() <= 0.5, starts

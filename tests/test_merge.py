@@ -101,3 +101,41 @@ def test_token_times_travel_with_their_tokens_through_the_merge():
     assert dict(pairs)[7][0] == 27.5  # only the right window heard 7
     # without word timestamps nothing is carried
     assert all(s.times is None for s in merge_windows([(a, parse_segments(left_tokens, a, TS, P))]))
+
+
+def test_fallback_dedupes_a_right_segment_that_covers_several_left_segments():
+    """Isolated words, one every ~2.5 s: the left window times each one (Thunder 20-22 s,
+    Silver 23-25 s, Orange 26-28 s), the right window hears 20-33.7 s as ONE segment, so no
+    boundary is shared. "Thunder Silver" was kept twice: the right segment was only matched
+    against the last left segment (" Silver", one token, too short to count)."""
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    # 1 Garden, 2 Thunder, 3 Silver, 4 Orange, 5 Doctor, 6 Camera, 7 Forest, 8 Monkey
+    left = parse_segments(
+        [ts(16), 1, ts(18), ts(20), 2, ts(22), ts(23), 3, ts(25), ts(26), 4, ts(28), ts(28), 5, ts(29)], a, TS, P
+    )
+    right = parse_segments([ts(0), 2, 3, 4, 5, 6, 7, ts(13.68), ts(19.18), 8, ts(21.18)], b, TS, P)
+    merged = merge_windows([(a, left), (b, right)])
+    assert [t for s in merged for t in s.tokens] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [(s.start, s.end) for s in merged] == [(16, 18), (20, 22), (23, 25), (25, 33.68), (39.18, 41.18)]
+
+
+def test_fallback_dedupe_cuts_the_left_after_the_repeated_run():
+    """Words the left keeps after the run both windows heard go to the right's version."""
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    # left: 1 (20-21.5 s), 2 (22-23 s), 3 9 (23.5-24.5 s): "9" is the left's mishearing of 4
+    left = parse_segments([ts(20), 1, ts(21.5), ts(22), 2, ts(23), ts(23.5), 3, 9, ts(24.5)], a, TS, P)
+    right = parse_segments([ts(0), 1, 2, 3, 4, 5, ts(8)], b, TS, P)  # one segment 20-28 s
+    merged = merge_windows([(a, left), (b, right)])
+    assert [s.tokens for s in merged] == [(1,), (2,), (3,), (4, 5)]
+    assert merged[-1].start == 24.5
+
+
+def test_fallback_keeps_both_sides_when_nothing_repeats():
+    a = chunk(0, 0, 30, 0, 5)
+    b = chunk(1, 20, 30, 5, 0)
+    left = parse_segments([ts(20), 1, ts(22), ts(23), 2, ts(24.5)], a, TS, P)
+    right = parse_segments([ts(0), 3, 4, 5, ts(8)], b, TS, P)  # heard 20-28 s but nothing the left has
+    merged = merge_windows([(a, left), (b, right)])
+    assert [t for s in merged for t in s.tokens] == [1, 2, 3, 4, 5]

@@ -11,9 +11,19 @@ This module does the same inside one window: when a window's last complete (and
 plausible) segment ends
 well before the part of the window the merge needs (``needed_s``: the window minus its
 right stride) and the audio after it still has sound in it, the rest of the window is
-decoded again as a window of its own, starting at that last timestamp. Its tokens, with
-their timestamps shifted by the offset, replace whatever followed the last complete
-segment. At most ``max_rounds`` rounds, and only while each round makes progress.
+decoded again as a window of its own, starting where that last complete segment starts
+(it is decoded again too). Its tokens, with their timestamps shifted by the offset,
+replace that segment and whatever followed it. At most ``max_rounds`` rounds, and only
+while each round makes progress.
+
+Why the start of the last segment and not its end (OpenAI's seek point): the end is a
+pause, and a window that opens with seconds of silence before a lone word is where tiny.en
+hallucinates. On isolated words ("monkey" at 19.5 s, "hammer" 23.0, "button" 26.4,
+"kitchen" 28.2 of a window that stopped at ``hammer<|23.56|>``) decoding from 23.56 s gave
+"I'm not going to be in the next one." (from 23.2-26 s: "I'm not going to be in the
+camera. Bye.", "Bye"); from the segment's start at 19.18 s, "monkey hammer button
+kitchen". When that start is no progress (the segment opens the window, or the previous
+round already started there), the continuation starts at the segment's end as before.
 
 Everything downstream (merge, segments, streaming) sees one ordinary token sequence per
 window, in that window's time base.
@@ -32,8 +42,9 @@ TIME_PRECISION = 0.02
 _SAMPLES_PER_STEP = round(TIME_PRECISION * SAMPLE_RATE)
 _MAX_TIMESTAMP_INDEX = 1500
 
-#: A segment this long with fewer text tokens per second than this skipped speech
-#: (read speech runs at 3 to 5 tokens a second).
+#: A segment over this much sound (not just time: isolated words with long pauses between
+#: them are no skipped speech) with fewer text tokens per second of sound than this skipped
+#: speech (read speech runs at 3 to 5 tokens a second).
 SPARSE_SEGMENT_S = 5.0
 SPARSE_TOKENS_PER_S = 0.5
 #: A window counts as ended early when its last segment ends this long before ``needed_s``.
@@ -49,52 +60,68 @@ _SILENCE_RMS = 1e-3
 Decode = Callable[[Sequence[np.ndarray]], list[tuple[int, ...]]]
 
 
-def last_closed_timestamp(tokens: Sequence[int], timestamp_begin: int) -> int | None:
-    """Index in ``tokens`` of the timestamp that closes the last trustworthy segment, if any.
+def last_closed_segment(tokens: Sequence[int], timestamp_begin: int, audio: np.ndarray) -> tuple[int, int] | None:
+    """Indices in ``tokens`` of the timestamps that open and close the last trustworthy segment.
 
     Segments are ``<|start|> text... <|end|>``; a trailing start timestamp with no text, or
     text cut off by the token cap, is not a complete segment. A segment that stretches a
-    few tokens over many seconds (``<|1.00|> The<|21.12|>``: the model skipped the speech
-    in between) is not trusted either, and nothing after it is.
+    few tokens over many seconds of sound in ``audio`` (the window: ``<|1.00|> The<|21.12|>``
+    over continuous talk: the model skipped the speech in between) is not trusted either,
+    and nothing after it is. A segment closed by the timestamp that also closes the one
+    before it (``<|a|> x<|b|> y<|c|>``) opens at that shared timestamp.
     """
-    closed = None
-    start = None  # timestamp index of the open segment
+    found = None
+    opened = None  # index of the open segment's first timestamp
+    last_ts = None
     text_tokens = 0
     for i, tok in enumerate(tokens):
         if tok < timestamp_begin:
+            if opened is None and last_ts is not None:
+                opened = last_ts  # text right after a closing timestamp: it opens this segment too
             text_tokens += 1
             continue
-        if start is not None and text_tokens:
-            if _implausibly_sparse(tok - timestamp_begin - start, text_tokens):
+        if opened is not None and text_tokens:
+            start_s = (tokens[opened] - timestamp_begin) * TIME_PRECISION
+            end_s = (tok - timestamp_begin) * TIME_PRECISION
+            if _implausibly_sparse(audio, start_s, end_s, text_tokens):
                 break
-            closed, start = i, None
+            found, opened = (opened, i), None
         else:
-            start = tok - timestamp_begin
+            opened = i
+        last_ts = i
         text_tokens = 0
-    return closed
+    return found
 
 
-def _implausibly_sparse(steps: int, text_tokens: int) -> bool:
-    seconds = steps * TIME_PRECISION
-    return seconds >= SPARSE_SEGMENT_S and text_tokens < SPARSE_TOKENS_PER_S * seconds
+def _implausibly_sparse(audio: np.ndarray, start_s: float, end_s: float, text_tokens: int) -> bool:
+    seconds = end_s - start_s
+    if seconds < SPARSE_SEGMENT_S or text_tokens >= SPARSE_TOKENS_PER_S * seconds:
+        return False  # dense enough in time, so in sound too (the usual case: no audio read)
+    sound = sound_seconds(audio, start_s, end_s)
+    return sound >= SPARSE_SEGMENT_S and text_tokens < SPARSE_TOKENS_PER_S * sound
 
 
-def has_sound(audio: np.ndarray, start_s: float, end_s: float) -> bool:
-    """Whether ``audio[start_s:end_s]`` has at least :data:`MIN_REMAINING_SOUND_S` of sound.
+def sound_seconds(audio: np.ndarray, start_s: float, end_s: float) -> float:
+    """Seconds of sound in ``audio[start_s:end_s]`` (100 ms frames).
 
     "Sound" is relative to the window itself (10% of the RMS of its loudest frames, and
-    above -60 dBFS), so it hardly depends on the recording's level. Energy, not speech: noise also counts, at
-    the price of one wasted re-decode.
+    above -60 dBFS), so it hardly depends on the recording's level. Energy, not speech:
+    noise also counts.
     """
     frames = len(audio) // _FRAME
     if frames == 0:
-        return False
+        return 0.0
     rms = np.sqrt(np.mean(np.square(audio[: frames * _FRAME].reshape(frames, _FRAME), dtype=np.float64), axis=1))
     loud = float(np.percentile(rms, 99))
     threshold = max(_SOUND_FRACTION * loud, _SILENCE_RMS)
     first, last = int(start_s * 10), min(int(end_s * 10), frames)
-    voiced = int(np.count_nonzero(rms[first:last] > threshold))
-    return voiced / 10 >= MIN_REMAINING_SOUND_S
+    return int(np.count_nonzero(rms[first:last] > threshold)) / 10
+
+
+def has_sound(audio: np.ndarray, start_s: float, end_s: float) -> bool:
+    """Whether ``audio[start_s:end_s]`` has at least :data:`MIN_REMAINING_SOUND_S` of sound
+    (:func:`sound_seconds`; noise also counts, at the price of one wasted re-decode)."""
+    return sound_seconds(audio, start_s, end_s) >= MIN_REMAINING_SOUND_S
 
 
 def complete_early_endings(
@@ -113,17 +140,20 @@ def complete_early_endings(
     for _ in range(max_rounds):
         todo: list[tuple[int, int, int]] = []  # (window, kept tokens, offset index)
         for i, tokens in enumerate(results):
-            closed = last_closed_timestamp(tokens, timestamp_begin)
-            if closed is None:
+            found = last_closed_segment(tokens, timestamp_begin, audios[i])
+            if found is None:
                 continue
-            offset = tokens[closed] - timestamp_begin
-            end_s = offset * TIME_PRECISION
-            if offset <= progress[i] or end_s > needed_s[i] - EARLY_END_MARGIN_S:
+            opened, closed = found
+            end_s = (tokens[closed] - timestamp_begin) * TIME_PRECISION
+            if end_s > needed_s[i] - EARLY_END_MARGIN_S or not has_sound(audios[i], end_s, needed_s[i]):
                 continue
-            if not has_sound(audios[i], end_s, needed_s[i]):
+            # from where the last segment starts (decoded again), else from its end
+            seek = opened if tokens[opened] - timestamp_begin > progress[i] else closed
+            offset = tokens[seek] - timestamp_begin
+            if offset <= progress[i]:
                 continue
             progress[i] = offset
-            todo.append((i, closed + 1, offset))
+            todo.append((i, seek + 1, offset))
         if not todo:
             break
         continued = decode([audios[i][offset * _SAMPLES_PER_STEP :] for i, _, offset in todo])

@@ -7,7 +7,9 @@ we look, inside the overlap, for a segment boundary that both windows agree on
 the left window to the right one there. Nothing is lost and nothing doubled, and
 each segment keeps the timing of the window that heard it whole. When no common
 boundary exists we fall back to splitting at the middle of the overlap and remove
-any words both sides kept with a longest-common-run match on the token ids.
+any words both sides kept with a longest-common-run match on the token ids (against
+every left segment the right one overlaps in time: one right segment may cover several
+left ones).
 """
 
 from __future__ import annotations
@@ -97,17 +99,17 @@ def _sliced(seg: RawSegment, first: int, stop: int | None = None, **changes) -> 
     return replace(seg, tokens=seg.tokens[first:stop], times=times, **changes)
 
 
-def _dedupe(left: RawSegment, right: RawSegment, *, anchored: bool) -> tuple[RawSegment, RawSegment]:
+def _dedupe(left: RawSegment, right: RawSegment) -> tuple[RawSegment, RawSegment]:
     """Drop from ``right`` the words it repeats from the end of ``left``.
 
-    ``anchored``: only a run that ends ``left`` and starts ``right`` counts (the two
-    segments meet at an agreed boundary and may share a word or two across it).
+    Only a run that ends ``left`` and starts ``right`` counts (the two segments meet at an
+    agreed boundary and may share a word or two across it).
     """
     matcher = difflib.SequenceMatcher(None, left.tokens, right.tokens, autojunk=False)
     match = matcher.find_longest_match(0, len(left.tokens), 0, len(right.tokens))
     if match.size < MIN_DUPLICATE_TOKENS:
         return left, right
-    if anchored and (match.a + match.size < len(left.tokens) - 1 or match.b > 1):
+    if match.a + match.size < len(left.tokens) - 1 or match.b > 1:
         return left, right
     return (
         _sliced(left, 0, match.a + match.size),
@@ -171,7 +173,7 @@ def _join(
         _, k, j = best
         kept_left, kept_right = left_tail[: k + 1], segments[j:]
         if kept_right:
-            kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=True)
+            kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0])
         return kept_left + [s for s in kept_right if s.tokens]
     # No boundary both windows agree on: each keeps what starts on its side of the
     # border. Speech the left side does not cover is borrowed from the right window's
@@ -187,8 +189,38 @@ def _join(
         if straddling:
             kept_right.insert(0, straddling[-1])
     if kept_left and kept_right and kept_right[0].start < kept_left[-1].end:
-        kept_left[-1], kept_right[0] = _dedupe(kept_left[-1], kept_right[0], anchored=False)
+        kept_left, kept_right[0] = _dedupe_overlapped(kept_left, kept_right[0])
     return kept_left + [s for s in kept_right if s.tokens]
+
+
+def _dedupe_overlapped(left: list[RawSegment], right: RawSegment) -> tuple[list[RawSegment], RawSegment]:
+    """Drop from ``right`` the words it repeats from the ``left`` segments it overlaps in time.
+
+    The right window may hear several of the left window's segments as one (isolated words
+    with pauses: the left has ``Thunder`` 20-22 s and ``Silver`` 23-25 s, the right one
+    segment ``Thunder Silver Orange ...`` from 20 s), so the repeated run is looked for in
+    all of them together, not only in the last. The left keeps its words up to the end of
+    the run, the right what follows it.
+    """
+    first = len(left) - 1
+    while first > 0 and left[first - 1].end > right.start:
+        first -= 1
+    overlapped = left[first:]
+    joined = [tok for seg in overlapped for tok in seg.tokens]
+    matcher = difflib.SequenceMatcher(None, joined, right.tokens, autojunk=False)
+    match = matcher.find_longest_match(0, len(joined), 0, len(right.tokens))
+    if match.size < MIN_DUPLICATE_TOKENS:
+        return left, right
+    run_end = match.a + match.size
+    kept: list[RawSegment] = []
+    at = 0  # index in ``joined`` of the segment's first token
+    for seg in overlapped:
+        if at >= run_end:
+            break
+        kept.append(seg if at + len(seg.tokens) <= run_end else _sliced(seg, 0, run_end - at))
+        at += len(seg.tokens)
+    left = left[:first] + kept
+    return left, _sliced(right, match.b + match.size, None, start=max(right.start, left[-1].end))
 
 
 def merge_windows(windows: Sequence[tuple[Chunk, Sequence[RawSegment]]]) -> list[RawSegment]:
