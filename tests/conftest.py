@@ -63,6 +63,18 @@ def long_wav(speech_dir: Path, passage_wav: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def engine(model_cache: Path):
+    """The real engine on the embedded tiny.en model, one per test module (loaded and warmed)."""
+    from app.inference.engine import Engine
+    from app.settings import Settings
+
+    eng = Engine(Settings(cache_dir=model_cache))
+    assert eng.wait_ready(240), eng.error
+    yield eng
+    eng.stop()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

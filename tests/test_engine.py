@@ -7,20 +7,10 @@ import pytest
 
 from app.audio.decode import decode_audio
 from app.inference.chunking import SAMPLE_RATE
-from app.inference.engine import Engine
 from app.inference.options import TranscribeOptions
-from app.settings import Settings
 from tests.speech import MAX_PASSAGE_WER, PASSAGE, SENTENCE, longest_runs, wer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def engine(model_cache):
-    eng = Engine(Settings(cache_dir=model_cache))
-    assert eng.wait_ready(240), eng.error
-    yield eng
-    eng.stop()
 
 
 def test_short_sentence(engine, sentence_wav):

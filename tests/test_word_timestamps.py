@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from app.inference.chunking import SAMPLE_RATE
-from app.inference.engine import Engine
 from app.inference.options import TranscribeOptions
 from app.settings import Settings
 from tests.speech import PASSAGE, normalize, place_words, spoken_words
@@ -34,14 +33,6 @@ CONTINUOUS_WITHIN_SHARE = 0.85
 CONTINUOUS_MEAN_S = 0.25
 CONTINUOUS_WORST_S = 2.0  # a word placed in the wrong window or sentence is off by far more
 WORD_OPTIONS = TranscribeOptions(word_timestamps=True)
-
-
-@pytest.fixture(scope="module")
-def engine(model_cache):
-    eng = Engine(Settings(cache_dir=model_cache))
-    assert eng.wait_ready(240), eng.error
-    yield eng
-    eng.stop()
 
 
 def matched_starts(result, truth_words, truth_starts):

@@ -164,29 +164,46 @@ def _form(schema: type[Schema] = TranscriptionForm) -> dict:
     return form
 
 
+def _audio_responses(text: str, unprocessable: str):
+    """The OpenAPI replies both audio routes share (their formats, then OpenAI-shaped errors)."""
+    replies = [
+        (200, {"schema": TranscriptionVerbose, "content_type": "application/json", "description": "verbose_json"}),
+        (200, {"content_type": "text/plain", "description": f"`text`: the {text}."}),
+        (200, {"content_type": "application/x-subrip", "description": "`srt` subtitles."}),
+        (200, {"content_type": "text/vtt", "description": "`vtt` subtitles."}),
+        (
+            200,
+            {
+                "content_type": "text/event-stream",
+                "description": "`stream=true`: `transcript.text.delta` events, then `transcript.text.done`.",
+            },
+        ),
+    ]
+    errors = [
+        (400, "Not a multipart/form-data request."),
+        (408, "The upload did not arrive in time."),
+        (413, "Upload or audio duration over the limit."),
+        (415, "Not decodable audio."),
+        (422, unprocessable),
+        (429, "Queue full; retry after `Retry-After` seconds."),
+        (503, "Model still loading, or the server is shutting down."),
+    ]
+
+    def decorate(view):
+        for status, description in reversed(errors):
+            view = blp.alt_response(status, schema=OpenAIError, description=description)(view)
+        for status, kwargs in reversed(replies):
+            view = blp.alt_response(status, success=True, **kwargs)(view)
+        return view
+
+    return decorate
+
+
 @blp.route("/audio/transcriptions")
 class Transcriptions(MethodView):
     @blp.doc(requestBody={"required": True, "content": _FORM})
     @blp.response(200, TranscriptionJson, description="`json` (default); other formats below.")
-    @blp.alt_response(
-        200, schema=TranscriptionVerbose, content_type="application/json", description="verbose_json", success=True
-    )
-    @blp.alt_response(200, content_type="text/plain", description="`text`: the transcript.", success=True)
-    @blp.alt_response(200, content_type="application/x-subrip", description="`srt` subtitles.", success=True)
-    @blp.alt_response(
-        200,
-        content_type="text/event-stream",
-        description="`stream=true`: `transcript.text.delta` events, then `transcript.text.done`.",
-        success=True,
-    )
-    @blp.alt_response(200, content_type="text/vtt", description="`vtt` subtitles.", success=True)
-    @blp.alt_response(400, schema=OpenAIError, description="Not a multipart/form-data request.")
-    @blp.alt_response(408, schema=OpenAIError, description="The upload did not arrive in time.")
-    @blp.alt_response(413, schema=OpenAIError, description="Upload or audio duration over the limit.")
-    @blp.alt_response(415, schema=OpenAIError, description="Not decodable audio.")
-    @blp.alt_response(422, schema=OpenAIError, description="Invalid or unsupported field (`param` names it).")
-    @blp.alt_response(429, schema=OpenAIError, description="Queue full; retry after `Retry-After` seconds.")
-    @blp.alt_response(503, schema=OpenAIError, description="Model still loading, or the server is shutting down.")
+    @_audio_responses("transcript", "Invalid or unsupported field (`param` names it).")
     def post(self):
         """Transcribe an uploaded file (OpenAI's `audio.transcriptions.create`)."""
         return _audio_request("transcribe")
@@ -208,21 +225,7 @@ _TRANSLATION_FORM = {
 class Translations(MethodView):
     @blp.doc(requestBody={"required": True, "content": _TRANSLATION_FORM})
     @blp.response(200, TranscriptionJson, description="`json` (default): the English text; other formats below.")
-    @blp.alt_response(
-        200, schema=TranscriptionVerbose, content_type="application/json", description="verbose_json", success=True
-    )
-    @blp.alt_response(200, content_type="text/plain", description="`text`: the translation.", success=True)
-    @blp.alt_response(200, content_type="application/x-subrip", description="`srt` subtitles.", success=True)
-    @blp.alt_response(200, content_type="text/vtt", description="`vtt` subtitles.", success=True)
-    @blp.alt_response(400, schema=OpenAIError, description="Not a multipart/form-data request.")
-    @blp.alt_response(408, schema=OpenAIError, description="The upload did not arrive in time.")
-    @blp.alt_response(413, schema=OpenAIError, description="Upload or audio duration over the limit.")
-    @blp.alt_response(415, schema=OpenAIError, description="Not decodable audio.")
-    @blp.alt_response(
-        422, schema=OpenAIError, description="Invalid field, or an English-only model (which cannot translate)."
-    )
-    @blp.alt_response(429, schema=OpenAIError, description="Queue full; retry after `Retry-After` seconds.")
-    @blp.alt_response(503, schema=OpenAIError, description="Model still loading.")
+    @_audio_responses("translation", "Invalid field, or an English-only model (which cannot translate).")
     def post(self):
         """Translate an uploaded file's speech into English (OpenAI's `audio.translations.create`)."""
         return _audio_request("translate")
