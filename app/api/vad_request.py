@@ -39,7 +39,11 @@ class ServerVad(Schema):
 def _strategy(form: MultiDict) -> str | dict[str, Any] | None:
     """The chunking strategy as sent: ``None``, a string, or the object's fields."""
     prefix = FIELD + "["
-    nested = {key[len(prefix) : -1]: form[key] for key in form if key.startswith(prefix) and key.endswith("]")}
+    nested = {
+        key[len(prefix) : -1]: form[key]
+        for key in form
+        if isinstance(key, str) and key.startswith(prefix) and key.endswith("]")
+    }
     if nested:
         return nested
     value = (form.get(FIELD) or "").strip()
