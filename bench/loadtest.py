@@ -1,6 +1,6 @@
 """Bounded load test against the real gunicorn server, ending with a SIGTERM under load.
 
-    .venv/bin/python bench/loadtest.py                      # 4 users, 240 s, then SIGTERM
+    .venv/bin/python bench/loadtest.py                      # 4 users, 480 s, then SIGTERM
     .venv/bin/python bench/loadtest.py --duration 60 --users 2
 
 Loopback only; it starts the server itself (as bench/bench.py does) and stops by itself.
