@@ -150,7 +150,8 @@ def test_stream_sends_first_chunk_early_and_matches_plain_text(live_server, pass
     chunks, done = lines[:-1], lines[-1]
     assert done["done"] is True and len(chunks) > 5
     # the first window is decoded on its own; the rest follow while the client reads
-    assert arrivals[0] < 0.5 * arrivals[-1], arrivals
+    # (a bound with room for a CPU shared with other work; decoded in one go the ratio is ~1)
+    assert arrivals[0] < 0.75 * arrivals[-1], arrivals
     plain = requests.post(live_server.url + "/asr", data=data, timeout=300).json()
     assert done["text"] == plain["text"]
     assert "".join(c["text"] for c in chunks).strip() == plain["text"]

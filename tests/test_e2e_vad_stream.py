@@ -50,7 +50,8 @@ def test_stream_deltas_arrive_early_and_add_up_to_the_plain_transcript(client, p
     assert done.type == "transcript.text.done"
     assert len(deltas) > 5  # one per segment, as soon as it is final
     # the first window is decoded on its own; the rest follow while the client reads
-    assert arrivals[0] < 0.5 * arrivals[-1], arrivals
+    # (a bound with room for a CPU shared with other work; decoded in one go the ratio is ~1)
+    assert arrivals[0] < 0.75 * arrivals[-1], arrivals
     assert "".join(e.delta for e in deltas) == done.text
     assert wer(PASSAGE, done.text) < MAX_PASSAGE_WER, done.text
     plain = client.audio.transcriptions.create(model="whisper-1", file=_open(passage_wav))
