@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, request, stream_with_context
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.api import context
-from app.api.disconnect import watch_disconnect
 from app.api.intake import audio_bytes_from_request
 from app.api.schemas import AsrQuery, AsrResponse, AsrUrlRequest, ErrorResponse, StreamDone
 from app.api.subtitles import to_srt, to_vtt
-from app.api.transcribe import decode, ready_engine, request_options, transcribe
+from app.api.transcribe import decode, ready_engine, request_options, streamed_reply, transcribe
 from app.audio.decode import SAMPLE_RATE
-from app.errors import ApiError, InternalError, InvalidField
-from app.inference.batcher import Cancelled
+from app.errors import InvalidField
 from app.inference.engine import Engine
 from app.inference.options import TranscribeOptions
 
-log = logging.getLogger(__name__)
 blp = Blueprint("asr", __name__, description="Speech recognition")
 
 _AUDIO_BODY = {"schema": {"type": "string", "format": "binary"}}
@@ -139,29 +134,17 @@ def _ndjson_response(engine: Engine, audio, started: float, options: TranscribeO
     audio_seconds = audio.shape[0] / SAMPLE_RATE
     info = engine.info
     metrics = context.metrics()
-
     segments = engine.stream(audio, progressive=True, options=options)  # admission (429) before the 200 is sent
-    environ = request.environ
+    texts: list[str] = []
 
-    def lines() -> Iterator[str]:
-        texts: list[str] = []
-        try:
-            with watch_disconnect(environ, segments.cancel):
-                for segment in segments:
-                    texts.append(segment.text)
-                    yield json.dumps(segment.to_dict()) + "\n"
-        except Cancelled:  # the client hung up; its windows are dropped
-            return
-        except ApiError as exc:
-            yield json.dumps(exc.to_dict()) + "\n"
-            return
-        except Exception:  # never a silent truncation: the client gets a last error line
-            log.exception("streaming transcription failed")
-            yield json.dumps(InternalError("The server failed while transcribing.").to_dict()) + "\n"
-            return
+    def line(segment) -> str:
+        texts.append(segment.text)
+        return json.dumps(segment.to_dict()) + "\n"
+
+    def done() -> str:
         elapsed = time.perf_counter() - started
         metrics.transcribed(audio_seconds, elapsed)
-        yield (
+        return (
             json.dumps(
                 {
                     "done": True,
@@ -177,11 +160,14 @@ def _ndjson_response(engine: Engine, audio, started: float, options: TranscribeO
             + "\n"
         )
 
-    response = Response(stream_with_context(lines()), mimetype="application/x-ndjson")
-    response.call_on_close(segments.cancel)  # also when the body was never started
+    response = streamed_reply(
+        segments,
+        "application/x-ndjson",
+        item=line,
+        error=lambda exc: json.dumps(exc.to_dict()) + "\n",
+        done=done,
+    )
     response.headers["X-Audio-Length"] = f"{audio_seconds:.3f}"
     response.headers["X-Model-ID"] = info["model_id"]
     response.headers["X-GPU-Name"] = info["device_name"]
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"  # tell nginx-style proxies not to buffer the stream
     return response

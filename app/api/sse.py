@@ -17,22 +17,18 @@ that hangs up cancels the request's windows not yet run.
 from __future__ import annotations
 
 import json
-import logging
 import time
-from collections.abc import Iterator
 
 import numpy as np
-from flask import Response, request, stream_with_context
+from flask import Response
 
 from app.api import context
-from app.api.disconnect import watch_disconnect
+from app.api.transcribe import streamed_reply
 from app.audio.decode import SAMPLE_RATE
-from app.errors import ApiError, InternalError
-from app.inference.batcher import Cancelled
+from app.errors import ApiError
 from app.inference.engine import Engine
 from app.inference.options import TranscribeOptions
-
-log = logging.getLogger(__name__)
+from app.inference.whisper import Segment
 
 
 def _event(data: dict) -> str:
@@ -48,31 +44,16 @@ def transcript_events(engine: Engine, audio: np.ndarray, options: TranscribeOpti
     audio_seconds = audio.shape[0] / SAMPLE_RATE
     metrics = context.metrics()
     segments = engine.stream(audio, progressive=True, options=options)  # admission (429) before the 200
-    environ = request.environ
+    deltas: list[str] = []
 
-    def events() -> Iterator[str]:
-        deltas: list[str] = []
-        try:
-            with watch_disconnect(environ, segments.cancel):
-                for segment in segments:
-                    # the transcript has no leading space; each later segment brings its own
-                    delta = segment.text if deltas else segment.text.lstrip()
-                    deltas.append(delta)
-                    yield _event({"type": "transcript.text.delta", "delta": delta})
-        except Cancelled:  # the client hung up; its windows are dropped
-            return
-        except ApiError as exc:
-            yield _error_event(exc)
-            return
-        except Exception:
-            log.exception("streaming transcription failed")
-            yield _error_event(InternalError("The server failed while transcribing."))
-            return
+    def delta(segment: Segment) -> str:
+        # the transcript has no leading space; each later segment brings its own
+        text = segment.text if deltas else segment.text.lstrip()
+        deltas.append(text)
+        return _event({"type": "transcript.text.delta", "delta": text})
+
+    def done() -> str:
         metrics.transcribed(audio_seconds, time.perf_counter() - started)
-        yield _event({"type": "transcript.text.done", "text": "".join(deltas)})
+        return _event({"type": "transcript.text.done", "text": "".join(deltas)})
 
-    response = Response(stream_with_context(events()), mimetype="text/event-stream")
-    response.call_on_close(segments.cancel)  # also when the body was never started
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"  # tell nginx-style proxies not to buffer the stream
-    return response
+    return streamed_reply(segments, "text/event-stream", item=delta, error=_error_event, done=done)

@@ -1,20 +1,22 @@
-"""The steps every transcription route shares: readiness, decoding, a watched transcription."""
+"""The steps every transcription route shares: readiness, decoding, a watched transcription,
+a streamed reply."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 
-from flask import request
+from flask import Response, request, stream_with_context
 
 from app.api import context
 from app.api.disconnect import watch_disconnect
 from app.audio.decode import SAMPLE_RATE, decode_audio
-from app.errors import ClientClosedRequest, InvalidField, ServiceUnavailable
+from app.errors import ApiError, ClientClosedRequest, InternalError, InvalidField, ServiceUnavailable
 from app.inference.batcher import Cancelled
-from app.inference.engine import Engine
+from app.inference.engine import Engine, SegmentStream
 from app.inference.languages import language_code
 from app.inference.options import DEFAULT_OPTIONS, TranscribeOptions
-from app.inference.whisper import Transcription
+from app.inference.whisper import Segment, Transcription
 from app.threads import run_blocking
 
 log = logging.getLogger(__name__)
@@ -98,3 +100,42 @@ def request_options(
         temperature=temperature,
         **fields,
     )
+
+
+def streamed_reply(
+    segments: SegmentStream,
+    mimetype: str,
+    *,
+    item: Callable[[Segment], str],
+    error: Callable[[ApiError], str],
+    done: Callable[[], str],
+) -> Response:
+    """A reply that sends each segment as soon as it is final (``/asr?stream=1``, ``/v1`` ``stream=true``).
+
+    ``item`` writes one segment, ``done`` the last message once every segment is sent.
+    A failure after the stream began is a last ``error`` message, never a silent
+    truncation; a client that hangs up (or closes the reply) cancels the windows not yet run.
+    """
+    environ = request.environ
+
+    def body() -> Iterator[str]:
+        try:
+            with watch_disconnect(environ, segments.cancel):
+                for segment in segments:
+                    yield item(segment)
+        except Cancelled:  # the client hung up; its windows are dropped
+            return
+        except ApiError as exc:
+            yield error(exc)
+            return
+        except Exception:
+            log.exception("streaming transcription failed")
+            yield error(InternalError("The server failed while transcribing."))
+            return
+        yield done()
+
+    response = Response(stream_with_context(body()), mimetype=mimetype)
+    response.call_on_close(segments.cancel)  # also when the body was never started
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # tell nginx-style proxies not to buffer the stream
+    return response
