@@ -155,7 +155,7 @@ class Engine:
                 "dtype": str(loaded.dtype).removeprefix("torch."),
                 "attention": loaded.attn_implementation,
                 "decoder": self.runner.decoder_name,
-                "multilingual": bool(getattr(loaded.model.generation_config, "is_multilingual", False)),
+                "multilingual": self.runner.multilingual,
             }
             # Warm-up: one real batch through features + generate (allocations, kernels).
             self.batcher.run_sync(self.windows_for(np.zeros(SAMPLE_RATE, dtype=np.float32)))
