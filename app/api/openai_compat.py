@@ -32,7 +32,7 @@ from app.api import context
 from app.api.intake import audio_bytes_from_request
 from app.api.sse import transcript_events
 from app.api.subtitles import to_srt, to_vtt
-from app.api.transcribe import decode, ready_engine, request_options, transcribe
+from app.api.transcribe import check_can_translate, decode, ready_engine, request_options, transcribe
 from app.api.vad_request import vad_from_form
 from app.errors import BadRequest, InvalidField
 from app.inference.languages import language_name
@@ -239,12 +239,8 @@ def _audio_request(task: str):
     started = time.perf_counter()
     data = audio_bytes_from_request(settings)  # parses the form; 422 without `file`
     form = _form(TranscriptionForm if task == "transcribe" else TranslationForm)
-    if task == "translate" and not engine.info.get("multilingual"):
-        raise InvalidField(
-            f"The model {engine.info['model_id']} is English-only and cannot translate; "
-            "run a multilingual model (MODEL_ID=embedded/whisper-base).",
-            param="model",
-        )
+    if task == "translate":
+        check_can_translate(engine, param="model")  # /v1 has no `task` field: the model is what cannot
     vad, vad_params = vad_from_form(request.form, settings)
     options = request_options(
         engine,

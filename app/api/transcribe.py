@@ -60,6 +60,16 @@ def transcribe(engine: Engine, audio, options: TranscribeOptions = DEFAULT_OPTIO
     return result
 
 
+def check_can_translate(engine: Engine, *, param: str) -> None:
+    """422 (naming ``param``) when the loaded model is English-only and so cannot translate."""
+    if not engine.info.get("multilingual"):
+        raise InvalidField(
+            f"The model {engine.info['model_id']} is English-only and cannot translate; "
+            "run a multilingual model (MODEL_ID=embedded/whisper-base).",
+            param=param,
+        )
+
+
 def request_options(
     engine: Engine,
     *,
@@ -87,12 +97,8 @@ def request_options(
                 else f"The model {engine.info['model_id']} does not know the language {code!r}.",
                 param="language",
             )
-    if task == "translate" and not multilingual:
-        raise InvalidField(
-            f"The model {engine.info['model_id']} is English-only and cannot translate; "
-            "run a multilingual model (MODEL_ID=embedded/whisper-base).",
-            param="task",
-        )
+    if task == "translate":
+        check_can_translate(engine, param="task")
     return TranscribeOptions(
         language=code,
         task="translate" if task == "translate" else "transcribe",
