@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -94,27 +93,6 @@ class GreedyDecoder:
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.heads, -1).transpose(1, 2)
-
-    @torch.inference_mode()
-    def __call__(
-        self,
-        input_features: torch.Tensor,
-        prompt: Sequence[int] | Sequence[Sequence[int]],
-        max_new_tokens: int,
-        *,
-        temperature: float | torch.Tensor = 0.0,
-        generator: torch.Generator | None = None,
-    ) -> list[list[int]]:
-        """Tokens for each window; ``temperature`` > 0 samples instead of taking the argmax.
-
-        ``prompt``: one decoder prompt for every window, or one per window (all the same
-        length). ``temperature``: one for all, or a tensor with one per window (0: greedy).
-        """
-        cross = self.encode(input_features)
-        batch = cross[0][0].shape[0]
-        rows = [list(prompt)] * batch if prompt and isinstance(prompt[0], int) else [list(p) for p in prompt]
-        prompts = torch.tensor(rows, dtype=torch.long, device=cross[0][0].device)
-        return self.decode(cross, prompts, max_new_tokens, temperature=temperature, generator=generator)
 
     @torch.inference_mode()
     def encode(self, input_features: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
