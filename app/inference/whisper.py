@@ -283,12 +283,11 @@ class WhisperRunner:
     def _detect(self, plans: Sequence[_Plan], cross, prompts) -> tuple[list[_Plan], list[tuple[str | None, float]]]:
         """Fill in the language of the windows that detect it (``prompts`` is updated in place)."""
         plans = list(plans)
-        languages: list[tuple[str | None, float]] = [
-            (self._language_codes.get(p.prompt[-2]) if self.multilingual and not p.detects else None, 1.0)
-            for p in plans
-        ]
         if not self.multilingual:
             return plans, [("en", 1.0)] * len(plans)
+        languages: list[tuple[str | None, float]] = [
+            (None if p.detects else self._language_codes.get(p.prompt[-2]), 1.0) for p in plans
+        ]
         if not any(p.detects for p in plans):
             return plans, languages
         probs = self._lean.language_probs(cross, self._sot, self._language_ids)
