@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,17 +162,23 @@ def busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """``(pid, fields after the command name)`` of every live process, from ``/proc/<pid>/stat``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            rest = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        yield int(stat.parent.name), rest
+
+
 def own_cpu_s(pgid: int | None = None) -> float:
     """CPU seconds of this process, its reaped children and the live process group ``pgid``."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     total = me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
     if pgid is not None:
         tick = os.sysconf("SC_CLK_TCK")
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                rest = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
+        for _pid, rest in proc_stats():
             if int(rest[2]) == pgid:
                 total += sum(int(x) for x in rest[11:15]) / tick  # utime stime cutime cstime
     return total

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
 
 import speechgen  # noqa: E402  (bench/ is on sys.path as the script's directory)
 
-from bench import git_commit, kill_group, start_server  # noqa: E402  (bench/bench.py)
+from bench import git_commit, kill_group, proc_stats, start_server  # noqa: E402  (bench/bench.py)
 from tests.speech import PASSAGE, longest_runs, wer  # noqa: E402
 
 # what each user picks, and how often
@@ -148,14 +148,7 @@ def user(run: Run, index: int) -> None:
 
 
 def worker_pid(master: int) -> int | None:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            rest = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(rest[1]) == master:
-            return int(stat.parent.name)
-    return None
+    return next((pid for pid, rest in proc_stats() if int(rest[1]) == master), None)
 
 
 def rss_mb(pid: int) -> float | None:
